@@ -1,0 +1,13 @@
+"""AWD-LSTM language models for fairseq: ``fairseq-train --user-dir fairseq_awd ...``."""
+
+from fairseq_awd.checkpoint_compat import allow_fairseq_checkpoints
+from fairseq_awd.errors import FairseqAWDError, install_excepthook
+
+allow_fairseq_checkpoints()
+install_excepthook()
+
+from fairseq_awd import criterions, models, optim, tasks  # noqa: E402,F401  (registration)
+from fairseq_awd.hub import from_pretrained  # noqa: E402
+
+__all__ = ["FairseqAWDError", "from_pretrained"]
+__version__ = "0.1.0"

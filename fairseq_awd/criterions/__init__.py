@@ -1,0 +1,1 @@
+from . import awd_cross_entropy  # noqa: F401  (registers awd_cross_entropy)

@@ -1,0 +1,85 @@
+"""Cross entropy plus AWD-LSTM's activation regularizers (Merity et al. 2017, section 4.6)."""
+
+import math
+from dataclasses import dataclass, field
+
+import torch.nn.functional as F
+from fairseq import metrics, utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+
+from fairseq_awd.modules import activation_regularization, temporal_activation_regularization
+
+
+@dataclass
+class AWDCrossEntropyConfig(FairseqDataclass):
+    alpha: float = field(
+        default=2.0,
+        metadata={"help": "activation regularization (AR) weight on the dropped last-layer output"},
+    )
+    beta: float = field(
+        default=1.0,
+        metadata={"help": "temporal activation regularization (TAR) weight on the undropped "
+                  "last-layer output"},
+    )
+
+
+@register_criterion("awd_cross_entropy", dataclass=AWDCrossEntropyConfig)
+class AWDCrossEntropyCriterion(FairseqCriterion):
+    """``loss = sum NLL + ntokens * (AR + TAR)``, so that ``loss / ntokens`` is the
+    reference's per-token ``NLL + AR + TAR``.
+
+    AR and TAR are added only in training and only for models whose decoder output
+    carries ``raw_output``/``dropped_output`` (AWD models); ``nll_loss``, from which
+    perplexity is computed, is logged separately and never includes them.
+    """
+
+    def __init__(self, task, alpha: float, beta: float):
+        super().__init__(task)
+        self.alpha = alpha
+        self.beta = beta
+
+    def forward(self, model, sample, reduce=True):
+        logits, extra = model(**sample["net_input"])
+        target = model.get_targets(sample, (logits, extra))
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(),
+            target.reshape(-1),
+            ignore_index=self.padding_idx,
+            reduction="sum",
+        )
+        ntokens = sample["ntokens"]
+        loss = nll
+        logging_output = {
+            "nll_loss": nll.data,
+            "ntokens": ntokens,
+            "nsentences": sample["nsentences"],
+            "sample_size": ntokens,
+        }
+        if model.training and isinstance(extra, dict) and "raw_output" in extra:
+            ar = activation_regularization(extra["dropped_output"], self.alpha)
+            tar = temporal_activation_regularization(extra["raw_output"], self.beta)
+            loss = nll + (ar + tar) * ntokens
+            logging_output["ar"] = ar.data * ntokens
+            logging_output["tar"] = tar.data * ntokens
+        logging_output["loss"] = loss.data
+        return loss, ntokens, logging_output
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        ntokens = total("ntokens")
+        if ntokens == 0:
+            return
+        metrics.log_scalar("loss", total("loss") / ntokens / math.log(2), ntokens, round=3)
+        metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
+        if any("ar" in log for log in logging_outputs):
+            metrics.log_scalar("ar", total("ar") / ntokens, ntokens, round=4)
+            metrics.log_scalar("tar", total("tar") / ntokens, ntokens, round=4)
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

@@ -1,0 +1,220 @@
+"""Non-monotonically triggered ASGD (NT-ASGD): Merity et al. 2017, section 3, Algorithm 1.
+
+:class:`NTASGD` is the plain PyTorch optimizer; :class:`FairseqNTASGD` registers it with
+fairseq as ``--optimizer ntasgd``.
+"""
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, List, Optional, Union
+
+import torch
+from fairseq.dataclass import FairseqDataclass
+from fairseq.optim import FairseqOptimizer, register_optimizer
+from omegaconf import II
+
+Params = Union[Iterable[torch.Tensor], Iterable[dict]]
+
+
+class NTASGD(torch.optim.Optimizer):
+    """SGD that starts averaging its iterates once validation stops improving.
+
+    Merity et al. 2017 (arXiv 1708.02182), section 3, Algorithm 1, as run by the reference
+    AWD-LSTM ``main.py``:
+
+    * every :meth:`step` is SGD with L2 weight decay, ``p <- p - lr * (grad + weight_decay * p)``,
+      no momentum: the arithmetic of ``torch.optim.SGD(lr, weight_decay=weight_decay)``;
+    * :meth:`observe_validation_loss` is the non-monotone trigger, called once per validation;
+    * once the trigger has fired, each step also updates a running average ``ax`` of the
+      iterates, exactly as the ``torch.optim.ASGD(lr, t0=0, lambd=0, weight_decay=...)`` that
+      the reference switches to: after the ``n``-th step since the switch
+      ``ax <- ax + (p - ax) / max(1, n - 1)``, i.e. ``ax`` is the first iterate for ``n = 1``
+      and the mean of iterates ``2..n`` for ``n >= 2`` (torch's ASGD uses ``mu = 1`` for the
+      first two steps);
+    * :meth:`use_average_weights` / :meth:`use_raw_weights` swap ``ax`` into the parameters for
+      evaluation or checkpointing and back (the reference does the same around validation).
+
+    Unlike the reference, the learning rate is not reset to its initial value at the switch:
+    ``param_groups[*]["lr"]`` is used as it is, so an lr scheduler keeps control of it.
+
+    State, all saved by :meth:`state_dict`:
+
+    * ``param_groups[0]["val_history"]``: validation losses observed before the switch;
+    * ``param_groups[0]["averaging"]``: whether the trigger has fired;
+    * ``param_groups[0]["swapped"]``: whether the parameters currently hold ``ax``;
+    * ``state[p]["ax"]``: average of the iterates, shape of ``p``;
+    * ``state[p]["n"]``: number of steps of ``p`` since the switch;
+    * ``state[p]["raw"]``: the SGD iterate of ``p``, only while swapped.
+    """
+
+    def __init__(
+        self, params: Params, lr: float, weight_decay: float = 0.0, nonmono: int = 5
+    ) -> None:
+        if lr < 0.0:
+            raise ValueError(f"invalid learning rate: {lr}")
+        if weight_decay < 0.0:
+            raise ValueError(f"invalid weight_decay: {weight_decay}")
+        if nonmono < 1:
+            raise ValueError(f"nonmono must be >= 1, got {nonmono}")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, nonmono=nonmono))
+        self.param_groups[0].update(val_history=[], averaging=False, swapped=False)
+
+    @property
+    def averaging(self) -> bool:
+        """Whether the non-monotone trigger has fired and iterates are being averaged."""
+        return bool(self.param_groups[0]["averaging"])
+
+    @property
+    def swapped(self) -> bool:
+        """Whether the parameters currently hold the averaged weights ``ax``."""
+        return bool(self.param_groups[0]["swapped"])
+
+    def start_averaging(self) -> None:
+        """Switch to averaging now, without waiting for the trigger (the ASGD phase of
+        Algorithm 1); the average starts with the next step."""
+        self.param_groups[0]["averaging"] = True
+
+    def observe_validation_loss(self, loss: float) -> bool:
+        """Record a validation loss; return True iff this call switches to averaging.
+
+        The non-monotone condition of Algorithm 1 (``nonmono`` is its ``n``): switch when more
+        than ``nonmono`` losses have been seen and ``loss`` is worse than the best of all but
+        the last ``nonmono`` of them. ``loss`` is appended to the history afterwards, whether
+        or not it triggered; once averaging, losses are no longer recorded, as in the reference.
+        """
+        group = self.param_groups[0]
+        if group["averaging"]:
+            return False
+        loss = float(loss)
+        history, nonmono = group["val_history"], group["nonmono"]
+        switch = len(history) > nonmono and loss > min(history[:-nonmono])
+        group["val_history"] = history + [loss]
+        if switch:
+            self.start_averaging()
+        return switch
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+        """SGD step on the raw iterate (restored first if swapped), then, when averaging,
+        update ``ax``. ``closure`` re-evaluates the loss, as in ``torch.optim``."""
+        self.use_raw_weights()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        averaging = self.averaging
+        for group in self.param_groups:
+            lr, weight_decay = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("NTASGD does not support sparse gradients")
+                d_p = p.grad if weight_decay == 0 else p.grad.add(p, alpha=weight_decay)
+                p.add_(d_p, alpha=-lr)
+                if averaging:
+                    self._update_average(p)
+        return loss
+
+    def _update_average(self, p: torch.Tensor) -> None:
+        state = self.state[p]
+        if "ax" not in state:
+            state["ax"] = torch.clone(p, memory_format=torch.preserve_format)
+            state["n"] = 0
+        state["n"] += 1
+        mu = 1.0 / max(1, state["n"] - 1)
+        if mu == 1.0:
+            state["ax"].copy_(p)
+        else:
+            state["ax"].add_(p.sub(state["ax"]).mul_(mu))
+
+    def _params(self) -> Iterable[torch.Tensor]:
+        for group in self.param_groups:
+            yield from group["params"]
+
+    @torch.no_grad()
+    def use_average_weights(self) -> None:
+        """Copy ``ax`` into the parameters, keeping the raw iterate in ``state[p]["raw"]``.
+
+        No-op before the switch or when already swapped; parameters without an average yet
+        (no step since the switch) keep their value.
+        """
+        group = self.param_groups[0]
+        if not group["averaging"] or group["swapped"]:
+            return
+        for p in self._params():
+            state = self.state.get(p, {})
+            if "ax" in state:
+                state["raw"] = torch.clone(p, memory_format=torch.preserve_format)
+                p.copy_(state["ax"])
+        group["swapped"] = True
+
+    @torch.no_grad()
+    def use_raw_weights(self) -> None:
+        """Copy the raw iterates saved by :meth:`use_average_weights` back; no-op if not
+        swapped."""
+        group = self.param_groups[0]
+        if not group["swapped"]:
+            return
+        for p in self._params():
+            state = self.state.get(p, {})
+            if "raw" in state:
+                p.copy_(state.pop("raw"))
+        group["swapped"] = False
+
+
+@dataclass
+class NTASGDConfig(FairseqDataclass):
+    nonmono: int = field(
+        default=5,
+        metadata={
+            "help": "non-monotone interval: switch to averaging when the validation loss is "
+            "worse than the best loss older than the last N checks"
+        },
+    )
+    weight_decay: float = field(
+        default=1.2e-6, metadata={"help": "L2 weight decay (the reference's --wdecay)"}
+    )
+    lr: List[float] = II("optimization.lr")
+
+
+@register_optimizer("ntasgd", dataclass=NTASGDConfig)
+class FairseqNTASGD(FairseqOptimizer):
+    """fairseq wrapper of :class:`NTASGD` (NT-ASGD, Merity et al. 2017, section 3).
+
+    The task or training loop calls :meth:`observe_validation_loss` after each validation and
+    brackets evaluation/checkpointing of the averaged model with :meth:`use_average_weights`
+    and :meth:`use_raw_weights`.
+    """
+
+    def __init__(self, cfg: NTASGDConfig, params: Params) -> None:
+        super().__init__(cfg)
+        self._optimizer = NTASGD(params, **self.optimizer_config)
+
+    @property
+    def optimizer_config(self) -> dict:
+        """
+        Return a kwarg dictionary that will be used to override optimizer
+        args stored in checkpoints. This allows us to load a checkpoint and
+        resume training using a different set of optimizer args, e.g., with a
+        different learning rate.
+        """
+        lr = self.cfg.lr[0] if isinstance(self.cfg.lr, Collection) else self.cfg.lr
+        return {"lr": lr, "weight_decay": self.cfg.weight_decay, "nonmono": self.cfg.nonmono}
+
+    @property
+    def supports_flat_params(self) -> bool:
+        return True
+
+    @property
+    def averaging(self) -> bool:
+        return self._optimizer.averaging
+
+    def observe_validation_loss(self, loss: float) -> bool:
+        return self._optimizer.observe_validation_loss(loss)
+
+    def use_average_weights(self) -> None:
+        self._optimizer.use_average_weights()
+
+    def use_raw_weights(self) -> None:
+        self._optimizer.use_raw_weights()

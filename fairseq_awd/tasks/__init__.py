@@ -1,0 +1,1 @@
+from . import awd_language_modeling  # noqa: F401  (registers awd_language_modeling)

@@ -1,0 +1,31 @@
+"""Packaging for fairseq_awd. Install with `make install` (see README) so that
+fairseq-fixed is built against the torch you already have."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fairseq_awd",
+    version="0.1.0",
+    description="AWD-LSTM / AWD-QRNN language models for fairseq",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["fairseq_awd", "fairseq_awd.*"]),
+    install_requires=[
+        # No torch pin: CPU and CUDA users install the build they need first.
+        "torch>=2.1",
+        # fairseq 0.12.2 from PyPI does not import on Python >= 3.11.
+        "fairseq-fixed==0.12.3.1",
+        # fairseq 0.12 still calls np.compat (TokenBlockDataset, LanguagePairDataset),
+        # which numpy 2 removed.
+        "numpy>=1.21.3,<2",
+        "sacremoses>=0.0.53",
+        "subword-nmt>=0.3.8",
+        "sacrebleu>=2.0",
+    ],
+    extras_require={
+        "cuda": ["cupy-cuda12x"],
+        "dev": ["pytest>=7", "ruff>=0.4"],
+    },
+)

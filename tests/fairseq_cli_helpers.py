@@ -1,0 +1,110 @@
+"""Run fairseq's command-line tools on small real text, for the end-to-end tests."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+USER_DIR = str(REPO / "fairseq_awd")
+SHARED_DATA = REPO.parent / "shared" / "data"
+SAMPLE_DATA = REPO / "examples" / "data" / "kjv"
+
+TINY_MODEL = [
+    "--arch", "awd_lstm_lm", "--decoder-embed-dim", "24", "--decoder-hidden-size", "40",
+    "--decoder-layers", "2",
+]
+TRAIN_DEFAULTS = [
+    "--user-dir", USER_DIR, "--task", "awd_language_modeling", "--criterion", "awd_cross_entropy",
+    "--optimizer", "ntasgd", "--lr", "20", "--clip-norm", "0.25", "--batch-size", "4",
+    "--bptt", "12", "--valid-batch-size", "4", "--seed", "7", "--cpu", "--no-progress-bar",
+    "--log-format", "json", "--log-interval", "1000",
+]
+
+
+def real_text_lines(split: str, n: int) -> List[str]:
+    """The first ``n`` lines of a real corpus: PTB from ../shared if present, else the sample."""
+    source = SHARED_DATA / "penn" / f"{split}.txt"
+    if not source.exists():
+        source = SAMPLE_DATA / f"{split}.txt"
+    with open(source, encoding="utf-8") as f:
+        return [line for _, line in zip(range(n), f)]
+
+
+def one_thread_env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+
+
+def command(tool: str, args: List[str]) -> List[str]:
+    return [sys.executable, "-m", f"fairseq_cli.{tool}", *args]
+
+
+def run(tool: str, args: List[str], check: bool = True, stdin: Optional[str] = None):
+    """Run ``python -m fairseq_cli.<tool> args`` with one thread; return the CompletedProcess."""
+    proc = subprocess.run(
+        command(tool, args), input=stdin, capture_output=True, text=True, env=one_thread_env(),
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def binarize(dest: Path, lines: dict, srcdict: Optional[Path] = None) -> Path:
+    """Write ``{split: [lines]}`` as text and binarize it with fairseq-preprocess --only-source."""
+    raw = dest.parent / (dest.name + "-raw")
+    raw.mkdir(parents=True, exist_ok=True)
+    args = ["--only-source", "--destdir", str(dest), "--padding-factor", "1", "--workers", "1"]
+    for split, split_lines in lines.items():
+        (raw / f"{split}.txt").write_text("".join(split_lines), encoding="utf-8")
+        args += [f"--{split}pref", str(raw / f"{split}.txt")]
+    if srcdict is not None:
+        args += ["--srcdict", str(srcdict)]
+    run("preprocess", args)
+    shutil.rmtree(raw)
+    return dest
+
+
+def train_args(data: Path, save_dir: Path, extra: List[str]) -> List[str]:
+    return [str(data), *TRAIN_DEFAULTS, *TINY_MODEL, "--save-dir", str(save_dir), *extra]
+
+
+def train(data: Path, save_dir: Path, extra: List[str], check: bool = True):
+    return run("train", train_args(data, save_dir, extra), check=check)
+
+
+def json_logs(stderr_and_stdout: str, tag: str) -> List[dict]:
+    """fairseq's ``--log-format json`` records with the given tag ('train', 'valid', ...)."""
+    records = []
+    for line in stderr_and_stdout.splitlines():
+        match = re.search(r"\| " + re.escape(tag) + r" \| (\{.*\})$", line)
+        if match:
+            records.append(json.loads(match.group(1)))
+    return records
+
+
+def eval_lm_perplexity(output: str) -> float:
+    match = re.search(r"Perplexity: ([0-9.]+)", output)
+    assert match, output[-2000:]
+    return float(match.group(1))
+
+
+def load_model_state(path: Path) -> dict:
+    """The ``model`` weights of a fairseq checkpoint, loaded the way fairseq loads them."""
+    from fairseq import checkpoint_utils
+
+    import fairseq_awd  # noqa: F401  (allows fairseq's checkpoint globals)
+
+    return checkpoint_utils.load_checkpoint_to_cpu(str(path))
+
+
+def assert_same_tensors(a: dict, b: dict, atol: float = 1e-6) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=atol, rtol=0), key

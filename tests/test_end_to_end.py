@@ -1,0 +1,200 @@
+"""fairseq-train / fairseq-eval-lm / fairseq-interactive / hub on a slice of real English."""
+
+import os
+import pickle
+import subprocess
+
+import pytest
+import torch
+from fairseq_cli_helpers import (
+    USER_DIR,
+    assert_same_tensors,
+    binarize,
+    command,
+    eval_lm_perplexity,
+    json_logs,
+    load_model_state,
+    one_thread_env,
+    real_text_lines,
+    run,
+    train,
+    train_args,
+)
+
+EVAL = ["--user-dir", USER_DIR, "--task", "awd_language_modeling", "--cpu", "--valid-batch-size",
+        "4"]
+
+
+def count_tokens(lines):
+    return sum(len(line.split()) + 1 for line in lines)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    lines = {
+        "train": real_text_lines("train", 500),
+        "valid": real_text_lines("valid", 100),
+        "test": real_text_lines("test", 40),
+    }
+    data = binarize(tmp_path_factory.mktemp("e2e") / "bin", lines)
+    return data, lines
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    data, _ = corpus
+    save_dir = tmp_path_factory.mktemp("ckpt")
+    proc = train(data, save_dir, ["--max-epoch", "3", "--no-epoch-checkpoints"])
+    return save_dir, json_logs(proc.stdout + proc.stderr, "valid")
+
+
+def test_training_learns(trained, corpus):
+    data, _ = corpus
+    _, valid = trained
+    vocab = sum(1 for _ in open(data / "dict.txt")) + 4
+    ppls = [float(record["valid_ppl"]) for record in valid]
+    assert len(ppls) == 3
+    assert ppls[-1] < ppls[0] < vocab / 2
+
+
+def test_eval_lm_matches_logged_validation_perplexity(trained, corpus):
+    data, lines = corpus
+    save_dir, valid = trained
+    proc = run("eval_lm", [str(data), *EVAL, "--path", str(save_dir / "checkpoint_best.pt"),
+                           "--gen-subset", "valid"])
+    output = proc.stdout + proc.stderr
+    best = min(float(record["valid_ppl"]) for record in valid)
+    assert eval_lm_perplexity(output) == pytest.approx(best, rel=0.005)
+    # 4 contiguous streams with carried state: every token but each stream's first is scored.
+    stream_len = count_tokens(lines["valid"]) // 4
+    assert f"Evaluated {4 * (stream_len - 1):,} tokens" in output
+
+
+def test_eval_lm_test_split_uses_one_stream(trained, corpus):
+    data, lines = corpus
+    save_dir, _ = trained
+    proc = run("eval_lm", [str(data), *EVAL, "--path", str(save_dir / "checkpoint_best.pt"),
+                           "--gen-subset", "test"])
+    assert f"Evaluated {count_tokens(lines['test']) - 1:,} tokens" in proc.stdout + proc.stderr
+
+
+def test_interactive_samples_and_beam_search(trained, corpus):
+    data, _ = corpus
+    save_dir, _ = trained
+    common = [str(data), "--user-dir", USER_DIR, "--task", "awd_language_modeling", "--cpu",
+              "--path", str(save_dir / "checkpoint_best.pt"), "--max-len-b", "8"]
+    proc = run("interactive", [*common, "--sampling", "--sampling-topk", "5", "--beam", "1",
+                               "--seed", "3", "--min-len", "6"], stdin="the company said\n")
+    hypos = [line for line in proc.stdout.splitlines() if line.startswith("H-0")]
+    assert len(hypos) == 1 and hypos[0].split("\t")[2].startswith("the company said ")
+    proc = run("interactive", [*common, "--beam", "3", "--nbest", "3"], stdin="the company\n")
+    scores = [float(line.split("\t")[1]) for line in proc.stdout.splitlines()
+              if line.startswith("H-0")]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+
+
+def test_hub_scores_without_carried_state_and_samples(trained, corpus):
+    from fairseq_awd import from_pretrained
+
+    data, _ = corpus
+    save_dir, _ = trained
+    lm = from_pretrained(str(save_dir), str(data))
+    sentence = "the company said it would sell"
+    scored = lm.score(sentence)
+    words = lm.encode(sentence)[:-1]  # without </s>: fairseq scores the words after BOS
+    model = lm.models[0]  # already in eval mode (hub interface)
+    assert not model.training
+    with torch.no_grad():
+        logits, _ = model(torch.cat([words.new([lm.task.dictionary.eos()]), words]).unsqueeze(0))
+        expected = torch.log_softmax(logits[0, :-1], -1).gather(1, words.unsqueeze(1)).squeeze(1)
+    assert torch.allclose(scored["positional_scores"], expected, atol=1e-5)
+    assert lm.sample("the company", sampling=True, sampling_topk=5, max_len_b=5).startswith(
+        "the company")
+
+
+def test_resume_with_averaging_matches_uninterrupted_run(corpus, tmp_path):
+    data, _ = corpus
+    first = tmp_path / "first"
+    train(data, first, ["--max-epoch", "1", "--no-epoch-checkpoints"])
+    state = torch.load(first / "checkpoint_last.pt", weights_only=False)
+    state["last_optimizer_state"]["param_groups"][0]["averaging"] = True  # as if triggered
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for directory in (straight, resumed):
+        directory.mkdir()
+        torch.save(state, directory / "checkpoint_last.pt")
+    flags = ["--no-epoch-checkpoints", "--max-epoch"]
+    train(data, straight, [*flags, "3"])
+    train(data, resumed, [*flags, "2"])
+    train(data, resumed, [*flags, "3"])
+
+    a = load_model_state(straight / "checkpoint_last.pt")
+    b = load_model_state(resumed / "checkpoint_last.pt")
+    assert a["extra_state"]["train_iterator"]["epoch"] == 4
+    assert_same_tensors(a["model"], b["model"])
+    opt_a, opt_b = a["last_optimizer_state"], b["last_optimizer_state"]
+    assert opt_a["param_groups"][0]["swapped"] and opt_b["param_groups"][0]["swapped"]
+    for key in opt_a["state"]:
+        for name in ("ax", "raw"):
+            assert torch.allclose(opt_a["state"][key][name], opt_b["state"][key][name], atol=1e-6)
+    # The checkpoint that inference tools load holds the average, the optimizer the raw iterate.
+    params = [p for p in a["model"].values() if p.dtype.is_floating_point and p.dim() > 0]
+    by_shape = {tuple(s["ax"].shape): s for s in opt_a["state"].values()}
+    assert any(torch.equal(p, by_shape[tuple(p.shape)]["ax"]) for p in params
+               if tuple(p.shape) in by_shape)
+    assert not any(torch.equal(s["ax"], s["raw"]) for s in opt_a["state"].values())
+
+
+def test_two_workers_equal_one_worker_with_twice_the_streams(corpus, tmp_path):
+    """Each worker trains on its own contiguous shard: 2 workers x 4 streams see exactly the
+    streams of 1 worker x 8, so without dropout both runs end with the same weights."""
+    data, _ = corpus
+    no_dropout = ["--dropout", "0", "--dropouth", "0", "--dropouti", "0", "--dropoute", "0",
+                  "--wdrop", "0", "--max-epoch", "1", "--no-epoch-checkpoints"]
+    single, pair = tmp_path / "single", tmp_path / "pair"
+    train(data, single, [*no_dropout, "--batch-size", "8"])
+    port = 20000 + os.getpid() % 20000
+    procs = [
+        subprocess.Popen(
+            command("train", train_args(data, pair, [
+                *no_dropout, "--batch-size", "4", "--distributed-world-size", "2",
+                "--distributed-rank", str(rank), "--distributed-init-method",
+                f"tcp://127.0.0.1:{port}", "--distributed-no-spawn",
+                "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"])),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=one_thread_env(),
+        )
+        for rank in range(2)
+    ]
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert_same_tensors(load_model_state(single / "checkpoint_last.pt")["model"],
+                        load_model_state(pair / "checkpoint_last.pt")["model"], atol=1e-4)
+
+
+def test_checkpoint_loading_allows_only_fairseq_checkpoints(corpus, tmp_path):
+    """torch>=2.6 loads with weights_only=True; fairseq checkpoints of legacy components (here
+    fairseq's own --optimizer sgd) pickle an argparse.Namespace. The plugin allows it for
+    fairseq's checkpoint reader in every command, and nowhere else."""
+    import fairseq_awd  # noqa: F401
+    from fairseq import checkpoint_utils
+
+    data, _ = corpus
+    save_dir = tmp_path / "sgd"
+    legacy = ["--optimizer", "sgd", "--disable-validation", "--no-epoch-checkpoints"]
+    train(data, save_dir, [*legacy, "--max-update", "3"])
+    checkpoint = save_dir / "checkpoint_last.pt"
+    with pytest.raises(pickle.UnpicklingError, match="argparse.Namespace"):
+        torch.load(checkpoint)  # plain torch.load keeps its safe default
+    assert checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))["model"]
+    train(data, save_dir, [*legacy, "--max-update", "6"])  # resumes from checkpoint_last.pt
+    assert load_model_state(checkpoint)["optimizer_history"][-1]["num_updates"] == 6
+    proc = run("eval_lm", [str(data), *EVAL, "--path", str(checkpoint), "--gen-subset", "valid"])
+    assert eval_lm_perplexity(proc.stdout + proc.stderr) > 1
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": {}, "payload": Exploit()}, bad)
+    with pytest.raises(pickle.UnpicklingError, match="os.system|posix.system"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(bad))

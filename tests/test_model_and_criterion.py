@@ -1,0 +1,371 @@
+"""Tests of the AWD-LSTM model (awd_lstm_lm) and the awd_cross_entropy criterion."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq import metrics
+from fairseq.data import Dictionary
+
+from fairseq_awd.criterions.awd_cross_entropy import AWDCrossEntropyCriterion
+from fairseq_awd.errors import FairseqAWDError
+from fairseq_awd.models.awd_lstm_lm import AWDLSTMConfig, AWDLSTMLanguageModel
+
+E, HID, B, T = 8, 12, 3, 9
+
+
+def make_dictionary(swap=None) -> Dictionary:
+    symbols = [f"w{i}" for i in range(26)]
+    if swap is not None:
+        i, j = swap
+        symbols[i], symbols[j] = symbols[j], symbols[i]
+    d = Dictionary()
+    for s in symbols:
+        d.add_symbol(s)
+    return d
+
+
+DICT = make_dictionary()
+V = len(DICT)
+
+
+def make_task(dictionary=DICT):
+    return SimpleNamespace(target_dictionary=dictionary, source_dictionary=dictionary)
+
+
+def make_model(seed=0, dictionary=DICT, **overrides) -> AWDLSTMLanguageModel:
+    cfg = dict(
+        decoder_embed_dim=E, decoder_hidden_size=HID, decoder_layers=2,
+        dropout=0.3, dropouth=0.2, dropouti=0.3, dropoute=0.1, wdrop=0.4,
+    )
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    return AWDLSTMLanguageModel.build_model(AWDLSTMConfig(**cfg), make_task(dictionary))
+
+
+def make_tokens(seed=1, batch=B, steps=T):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(DICT.nspecial, V, (batch, steps), generator=g)
+
+
+def close(a, b, atol=1e-5):
+    torch.testing.assert_close(a, b, rtol=0, atol=atol)
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- weight tying
+
+
+def test_tied_output_layer_uses_embedding_matrix():
+    model = make_model()
+    dec = model.decoder
+    assert V == 30
+    assert dec.output_weight is None
+    features = torch.randn(4, 2, E)
+    close(dec.output_layer(features), F.linear(features, dec.embed_tokens.weight, dec.output_bias))
+    # the very same tensor: a change to the embedding shows in the output layer ...
+    with torch.no_grad():
+        dec.embed_tokens.weight[7].add_(1.0)
+    close(dec.output_layer(features), F.linear(features, dec.embed_tokens.weight, dec.output_bias))
+    # ... and the output layer's gradient lands on the embedding
+    dec.output_layer(features).sum().backward()
+    close(dec.embed_tokens.weight.grad, features.reshape(-1, E).sum(0).expand(V, E))
+    untied = make_model(untie_weights=True)
+    assert n_params(model) == n_params(untied) - V * E
+
+
+def test_untied_output_layer_is_separate():
+    model = make_model(untie_weights=True, decoder_out_embed_dim=6)
+    dec = model.decoder
+    assert dec.output_weight is not None
+    assert dec.output_weight.shape == (V, 6)
+    assert dec.output_weight.data_ptr() != dec.embed_tokens.weight.data_ptr()
+    assert dec.layers[-1].hidden_size == 6
+    model.eval()
+    logits, extra = model(make_tokens())
+    assert logits.shape == (B, T, V)
+    assert extra["raw_output"].shape == (T, B, 6)
+    features = extra["dropped_output"]
+    close(logits, F.linear(features, dec.output_weight, dec.output_bias).transpose(0, 1))
+
+
+def test_tying_with_different_out_dim_raises():
+    with pytest.raises(FairseqAWDError) as err:
+        make_model(decoder_out_embed_dim=6)
+    msg = str(err.value)
+    assert "--decoder-out-embed-dim" in msg and "--decoder-embed-dim" in msg
+    assert "--untie-weights" in msg
+
+
+def test_layer_sizes():
+    dec = make_model(decoder_layers=3).decoder
+    assert [layer.lstm.input_size for layer in dec.layers] == [E, HID, HID]
+    assert [layer.hidden_size for layer in dec.layers] == [HID, HID, E]
+    assert all(layer.weight_dropout == 0.4 for layer in dec.layers)
+
+
+# ---------------------------------------------------------------- outputs / dropout
+
+
+def test_train_mode_dropped_output_is_locked_dropout_of_raw():
+    model = make_model(dropout=0.5)
+    model.train()
+    torch.manual_seed(3)
+    logits, extra = model(make_tokens())
+    raw, dropped = extra["raw_output"], extra["dropped_output"]
+    assert raw.shape == dropped.shape == (T, B, E)
+    ratio_kept = dropped != 0
+    assert ratio_kept.any() and (~ratio_kept).any()
+    close(dropped[ratio_kept], raw[ratio_kept] * 2.0, atol=1e-6)
+    # one mask for the whole sequence
+    assert torch.equal(ratio_kept, ratio_kept[:1].expand_as(ratio_kept))
+    dec = model.decoder
+    close(logits, dec.output_layer(dropped).transpose(0, 1), atol=1e-6)
+
+
+def test_eval_is_deterministic_and_undropped():
+    model = make_model()
+    model.eval()
+    x = make_tokens()
+    logits1, extra = model(x)
+    logits2, _ = model(x)
+    assert torch.equal(logits1, logits2)
+    assert torch.equal(extra["raw_output"], extra["dropped_output"])
+
+
+# ---------------------------------------------------------------- incremental decoding
+
+
+def test_incremental_decoding_matches_full_pass():
+    model = make_model()
+    model.eval()
+    x = make_tokens()
+    with torch.no_grad():
+        full, _ = model(x)
+        inc = {}
+        steps = [model(x[:, : t + 1], incremental_state=inc)[0] for t in range(T)]
+    assert all(s.shape == (B, 1, V) for s in steps)
+    close(torch.cat(steps, dim=1), full)
+
+
+@pytest.mark.parametrize("order", [[2, 0, 1], [1, 1, 0]])
+def test_reorder_incremental_state(order):
+    model = make_model()
+    model.eval()
+    x = make_tokens()
+    new_order = torch.tensor(order)
+    k = 5
+    with torch.no_grad():
+        inc = {}
+        for t in range(k):
+            model(x[:, : t + 1], incremental_state=inc)
+        model.decoder.reorder_incremental_state_scripting(inc, new_order)
+        permuted = x[new_order]
+        step, _ = model(permuted[:, : k + 1], incremental_state=inc)
+        scratch, _ = model(permuted[:, : k + 1])
+    close(step[:, 0], scratch[:, -1])
+
+
+# ---------------------------------------------------------------- stream carrying
+
+
+def test_stream_carrying_equals_one_call():
+    model = make_model()
+    model.eval()
+    x = make_tokens()
+    with torch.no_grad():
+        full, _ = model(x)
+        first, _ = model(x[:, :5], stream_id="s", stream_start=True)
+        second, _ = model(x[:, 5:], stream_id="s", stream_start=False)
+    close(torch.cat([first, second], dim=1), full)
+    # another stream id does not interfere
+    with torch.no_grad():
+        model(x[:, :5], stream_id="s", stream_start=True)
+        model(x[:, 2:], stream_id="other", stream_start=True)
+        second_again, _ = model(x[:, 5:], stream_id="s", stream_start=False)
+    close(second_again, second)
+
+
+def test_stream_start_resets():
+    model = make_model()
+    model.eval()
+    x = make_tokens()
+    with torch.no_grad():
+        fresh, _ = model(x[:, 5:])
+        model(x[:, :5], stream_id="s", stream_start=True)
+        restarted, _ = model(x[:, 5:], stream_id="s", stream_start=True)
+        carried, _ = model(x[:, 5:], stream_id="s", stream_start=False)
+    close(restarted, fresh)
+    assert not torch.allclose(carried, fresh, atol=1e-4)
+
+
+def test_stream_batch_size_change_starts_fresh():
+    model = make_model()
+    model.eval()
+    x = make_tokens()
+    with torch.no_grad():
+        model(x[:, :5], stream_id="s", stream_start=True)
+        smaller, _ = model(x[:2, 5:], stream_id="s", stream_start=False)
+        fresh, _ = model(x[:2, 5:])
+    close(smaller, fresh)
+
+
+def test_stream_state_is_detached():
+    model = make_model()
+    model.train()
+    x = make_tokens()
+    logits, _ = model(x[:, :5], stream_id="s", stream_start=True)
+    logits.sum().backward()  # frees the first window's graph
+    for h, c in model.decoder._streams["s"]:
+        assert h.grad_fn is None and c.grad_fn is None
+        assert not h.requires_grad and not c.requires_grad
+    model.zero_grad()
+    logits, _ = model(x[:, 5:], stream_id="s", stream_start=False)
+    # would raise "backward through the graph a second time" if the state were attached
+    logits.sum().backward()
+
+
+# ---------------------------------------------------------------- criterion
+
+
+def make_sample(x, y):
+    return {
+        "id": torch.arange(x.size(0)),
+        "net_input": {"src_tokens": x, "src_lengths": torch.full((x.size(0),), x.size(1))},
+        "target": y,
+        "ntokens": y.numel(),
+        "nsentences": x.size(0),
+    }
+
+
+def recording(model):
+    """Make ``model`` remember the output of its last forward call."""
+    captured = {}
+    forward = model.forward
+
+    def wrapped(*args, **kwargs):
+        captured["out"] = forward(*args, **kwargs)
+        return captured["out"]
+
+    model.forward = wrapped
+    return captured
+
+
+def hand_nll(logits, target):
+    lprobs = torch.log_softmax(logits.double(), dim=-1)
+    total = 0.0
+    for b in range(target.size(0)):
+        for t in range(target.size(1)):
+            total -= float(lprobs[b, t, target[b, t]])
+    return total
+
+
+def test_criterion_train_loss_is_nll_plus_regularizers():
+    alpha, beta = 2.0, 1.5
+    model = make_model()
+    model.train()
+    crit = AWDCrossEntropyCriterion(make_task(), alpha, beta)
+    captured = recording(model)
+    x, y = make_tokens(1), make_tokens(2)
+    torch.manual_seed(5)
+    loss, sample_size, log = crit(model, make_sample(x, y))
+    logits, extra = captured["out"]
+    nll = hand_nll(logits.detach(), y)
+    dropped = extra["dropped_output"].detach().double()
+    raw = extra["raw_output"].detach().double()
+    assert not torch.allclose(dropped, raw)
+    ar = alpha * dropped.pow(2).mean().item()
+    tar = beta * (raw[1:] - raw[:-1]).pow(2).mean().item()
+    ntokens = B * T
+    assert ar > 0 and tar > 0
+    assert sample_size == ntokens
+    assert float(loss.detach()) == pytest.approx(nll + ntokens * (ar + tar), rel=1e-5)
+    assert float(log["loss"]) == pytest.approx(float(loss.detach()), rel=1e-6)
+    assert float(log["nll_loss"]) == pytest.approx(nll, rel=1e-5)
+    assert float(log["ar"]) == pytest.approx(ntokens * ar, rel=1e-5)
+    assert float(log["tar"]) == pytest.approx(ntokens * tar, rel=1e-5)
+    assert log["ntokens"] == ntokens and log["nsentences"] == B
+    loss.backward()
+    assert model.decoder.embed_tokens.weight.grad is not None
+
+
+def test_criterion_ignores_padding():
+    model = make_model()
+    model.eval()
+    crit = AWDCrossEntropyCriterion(make_task(), 2.0, 1.0)
+    captured = recording(model)
+    x, y = make_tokens(1), make_tokens(2)
+    y[0, -3:] = DICT.pad()
+    sample = make_sample(x, y)
+    sample["ntokens"] = int(y.ne(DICT.pad()).sum())
+    with torch.no_grad():
+        loss, _, log = crit(model, sample)
+    logits, _ = captured["out"]
+    keep = y.ne(DICT.pad())
+    expected = -torch.log_softmax(logits.double(), -1).gather(-1, y.unsqueeze(-1))[..., 0]
+    assert float(loss) == pytest.approx(float(expected[keep].sum()), rel=1e-5)
+
+
+def test_criterion_eval_loss_is_nll_only():
+    model = make_model()
+    model.eval()
+    crit = AWDCrossEntropyCriterion(make_task(), 2.0, 1.0)
+    captured = recording(model)
+    x, y = make_tokens(1), make_tokens(2)
+    with torch.no_grad():
+        loss, sample_size, log = crit(model, make_sample(x, y))
+    nll = hand_nll(captured["out"][0], y)
+    assert float(loss) == pytest.approx(nll, rel=1e-5)
+    assert float(log["loss"]) == pytest.approx(nll, rel=1e-5)
+    assert float(log["nll_loss"]) == pytest.approx(nll, rel=1e-5)
+    assert "ar" not in log and "tar" not in log
+
+
+def test_reduce_metrics_base2_and_ppl():
+    logs = [
+        {"loss": torch.tensor(12.0), "nll_loss": torch.tensor(10.0), "ar": torch.tensor(1.2),
+         "tar": torch.tensor(0.8), "ntokens": 6, "nsentences": 2, "sample_size": 6},
+        {"loss": torch.tensor(7.0), "nll_loss": torch.tensor(6.0), "ar": torch.tensor(0.6),
+         "tar": torch.tensor(0.4), "ntokens": 4, "nsentences": 2, "sample_size": 4},
+    ]
+    with metrics.aggregate(new_root=True) as agg:
+        AWDCrossEntropyCriterion.reduce_metrics(logs)
+        values = agg.get_smoothed_values()
+    assert values["loss"] == pytest.approx(19.0 / 10 / math.log(2), abs=1e-3)
+    assert values["nll_loss"] == pytest.approx(16.0 / 10 / math.log(2), abs=1e-3)
+    assert values["ar"] == pytest.approx(0.18, abs=1e-4)
+    assert values["tar"] == pytest.approx(0.12, abs=1e-4)
+    assert values["ppl"] == pytest.approx(2 ** (16.0 / 10 / math.log(2)), abs=0.01)
+    assert values["ppl"] == pytest.approx(math.exp(1.6), abs=0.01)  # ppl = e^(nats per token)
+    assert AWDCrossEntropyCriterion.logging_outputs_can_be_summed()
+
+
+def test_reduce_metrics_eval_logs_have_no_regularizers():
+    logs = [{"loss": 5.0, "nll_loss": 5.0, "ntokens": 5, "nsentences": 1, "sample_size": 5}]
+    with metrics.aggregate(new_root=True) as agg:
+        AWDCrossEntropyCriterion.reduce_metrics(logs)
+        values = agg.get_smoothed_values()
+    assert values["nll_loss"] == pytest.approx(1 / math.log(2), abs=1e-3)
+    assert values["ppl"] == pytest.approx(math.e, abs=0.01)
+    assert "ar" not in values and "tar" not in values
+
+
+# ---------------------------------------------------------------- dictionary fingerprint
+
+
+def test_dictionary_fingerprint_mismatch_raises():
+    trained = make_model(seed=0)
+    same = make_model(seed=1)
+    same.load_state_dict(trained.state_dict())  # same dictionary: fine
+    close(same.decoder.embed_tokens.weight, trained.decoder.embed_tokens.weight, atol=0)
+    swapped_dict = make_dictionary(swap=(3, 11))
+    assert len(swapped_dict) == len(DICT)
+    other = make_model(seed=1, dictionary=swapped_dict)
+    with pytest.raises(FairseqAWDError) as err:
+        other.load_state_dict(trained.state_dict())
+    assert "--srcdict" in str(err.value)
