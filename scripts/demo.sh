@@ -24,7 +24,7 @@ fairseq-train "$DATA" --user-dir fairseq_awd --task awd_language_modeling \
     --criterion awd_cross_entropy --alpha 2 --beta 1 \
     --optimizer ntasgd --nonmono 5 --weight-decay 1.2e-6 --lr 30 --clip-norm 0.25 \
     --lr-scheduler divide_at_epochs --batch-size 20 --bptt 35 --valid-batch-size 10 \
-    --max-epoch 8 --stop-time-hours 0.065 --seed 141 --cpu --save-dir "$CKPT" \
+    --max-epoch 12 --stop-time-hours 0.06 --seed 141 --cpu --save-dir "$CKPT" \
     --no-epoch-checkpoints --log-format simple --log-interval 50 --no-progress-bar \
     > "$OUT/train.log" 2>&1
 grep -E "\| valid \|" "$OUT/train.log" | sed -E 's/.*(epoch [0-9]+).*\| ppl ([0-9.]+).*/   \1: valid ppl \2/'

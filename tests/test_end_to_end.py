@@ -174,8 +174,9 @@ def test_checkpoint_loading_allows_only_fairseq_checkpoints(corpus, tmp_path):
     """torch>=2.6 loads with weights_only=True; fairseq checkpoints of legacy components (here
     fairseq's own --optimizer sgd) pickle an argparse.Namespace. The plugin allows it for
     fairseq's checkpoint reader in every command, and nowhere else."""
-    import fairseq_awd  # noqa: F401
     from fairseq import checkpoint_utils
+
+    import fairseq_awd  # noqa: F401
 
     data, _ = corpus
     save_dir = tmp_path / "sgd"

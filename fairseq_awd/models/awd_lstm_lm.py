@@ -85,6 +85,11 @@ class AWDLSTMDecoder(FairseqIncrementalDecoder):
             )
         if cfg.decoder_layers < 1:
             raise FairseqAWDError("--decoder-layers must be at least 1")
+        for option in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
+            if not 0.0 <= getattr(cfg, option) < 1.0:
+                raise FairseqAWDError(
+                    f"--{option} must be in [0, 1), got {getattr(cfg, option)}"
+                )
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(len(dictionary), cfg.decoder_embed_dim, dictionary.pad())
         sizes = [cfg.decoder_embed_dim] + [cfg.decoder_hidden_size] * (cfg.decoder_layers - 1)

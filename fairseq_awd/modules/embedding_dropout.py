@@ -5,7 +5,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def embedding_dropout(embed: nn.Embedding, tokens: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+def embedding_dropout(
+    embed: nn.Embedding, tokens: torch.Tensor, p: float, training: bool
+) -> torch.Tensor:
     """Look up ``tokens`` in ``embed`` after dropping whole words of the vocabulary.
 
     A Bernoulli mask of shape ``(V, 1)`` zeroes entire rows of the ``(V, E)`` weight,

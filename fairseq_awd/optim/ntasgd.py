@@ -13,6 +13,8 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
+from fairseq_awd.errors import FairseqAWDError
+
 Params = Union[Iterable[torch.Tensor], Iterable[dict]]
 
 
@@ -51,11 +53,11 @@ class NTASGD(torch.optim.Optimizer):
         self, params: Params, lr: float, weight_decay: float = 0.0, nonmono: int = 5
     ) -> None:
         if lr < 0.0:
-            raise ValueError(f"invalid learning rate: {lr}")
+            raise FairseqAWDError(f"--lr must be non-negative, got {lr}")
         if weight_decay < 0.0:
-            raise ValueError(f"invalid weight_decay: {weight_decay}")
+            raise FairseqAWDError(f"--weight-decay must be non-negative, got {weight_decay}")
         if nonmono < 1:
-            raise ValueError(f"nonmono must be >= 1, got {nonmono}")
+            raise FairseqAWDError(f"--nonmono must be at least 1, got {nonmono}")
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, nonmono=nonmono))
         self.param_groups[0].update(val_history=[], averaging=False, swapped=False)
 

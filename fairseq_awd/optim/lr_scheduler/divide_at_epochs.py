@@ -9,6 +9,8 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.optim.lr_scheduler import FairseqLRScheduler, register_lr_scheduler
 from omegaconf import II
 
+from fairseq_awd.errors import FairseqAWDError
+
 
 @dataclass
 class DivideAtEpochsConfig(FairseqDataclass):
@@ -35,12 +37,14 @@ class DivideAtEpochsSchedule(FairseqLRScheduler):
         super().__init__(cfg, optimizer)
         if isinstance(cfg.lr, Collection):
             if len(cfg.lr) != 1:
-                raise ValueError(f"divide_at_epochs takes a single --lr, got {list(cfg.lr)}")
+                raise FairseqAWDError(
+                    f"divide_at_epochs takes a single --lr, got {list(cfg.lr)}"
+                )
             self.base_lr = float(cfg.lr[0])
         else:
             self.base_lr = float(cfg.lr)
         if cfg.when_factor <= 0:
-            raise ValueError(f"--when-factor must be positive, got {cfg.when_factor}")
+            raise FairseqAWDError(f"--when-factor must be positive, got {cfg.when_factor}")
         self.lr = self.lr_at_epoch(1)
         self.optimizer.set_lr(self.lr)
 
