@@ -18,7 +18,6 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py pyproject.toml build-parallel.cfg
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" "numpy>=1.21.3,<2" cython "setuptools>=64" wheel
 	$(BUILD_ENV) $(BIN)/python -m pip install --quiet --no-build-isolation -e ".[dev]"
 	touch $@

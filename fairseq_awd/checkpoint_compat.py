@@ -1,31 +1,27 @@
 """Let fairseq load its own checkpoints under torch>=2.6's ``weights_only=True`` default.
 
-fairseq 0.12 calls ``torch.load`` without ``weights_only``; since torch 2.6 that
-refuses the few non-tensor types a fairseq checkpoint pickles (``argparse.Namespace``
-for legacy args, numpy scalars in the logged metrics). Instead of turning the safe
-loader off, fairseq's checkpoint reader is wrapped so that exactly these types are
-allowed while it runs, and nowhere else.
+fairseq 0.12 calls ``torch.load`` without ``weights_only``; since torch 2.6 that refuses
+the one non-tensor type fairseq checkpoints pickle: the ``argparse.Namespace`` in which
+legacy components (fairseq's ``sgd``, ``lstm_lm``, ...) keep their options ("Unsupported
+global: argparse.Namespace"). Instead of turning the safe loader off, fairseq's checkpoint
+reader is wrapped so that exactly this type is allowed while it runs, and nowhere else.
 """
 
 import argparse
 import functools
 
-import numpy as np
 import torch
 from fairseq import checkpoint_utils
 
-FAIRSEQ_CHECKPOINT_GLOBALS = [
-    argparse.Namespace,
-    np.dtype,
-    np.core.multiarray.scalar,
-    type(np.dtype(np.float64)),
-    type(np.dtype(np.float32)),
-    type(np.dtype(np.int64)),
-]
+FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace]
 
 
 def allow_fairseq_checkpoints() -> None:
-    """Wrap ``fairseq.checkpoint_utils.load_checkpoint_to_cpu`` once (idempotent)."""
+    """Wrap ``fairseq.checkpoint_utils.load_checkpoint_to_cpu`` once (idempotent).
+
+    Every fairseq command that loads a checkpoint (train ``--restore-file``, eval-lm,
+    generate, interactive, hub) goes through that function, looked up at call time.
+    """
     original = checkpoint_utils.load_checkpoint_to_cpu
     if getattr(original, "_fairseq_awd_wrapped", False):
         return

@@ -199,3 +199,15 @@ def test_checkpoint_loading_allows_only_fairseq_checkpoints(corpus, tmp_path):
     torch.save({"model": {}, "payload": Exploit()}, bad)
     with pytest.raises(pickle.UnpicklingError, match="os.system|posix.system"):
         checkpoint_utils.load_checkpoint_to_cpu(str(bad))
+
+
+def test_plain_fairseq_lstm_lm_trains_on_the_streams(corpus, tmp_path):
+    """fairseq's own lstm_lm (no carried state) trains and evaluates with the task."""
+    data, _ = corpus
+    plain = ["--arch", "lstm_lm", "--decoder-embed-dim", "24", "--decoder-hidden-size", "24",
+             "--decoder-out-embed-dim", "24", "--max-update", "20", "--no-epoch-checkpoints"]
+    proc = train(data, tmp_path, plain)
+    assert "task: AWDLanguageModelingTask" in proc.stdout + proc.stderr
+    proc = run("eval_lm", [str(data), *EVAL, "--path", str(tmp_path / "checkpoint_last.pt"),
+                           "--gen-subset", "valid"])
+    assert 1 < eval_lm_perplexity(proc.stdout + proc.stderr) < 5000

@@ -140,8 +140,6 @@ class AWDLanguageModelingTask(FairseqTask):
                 f"--only-source --srcdict DATA/dict.txt --{split}pref TEXT --destdir DATA"
             )
         tokens = _concatenate(data)
-        if tokens.numel() == 0:
-            raise FairseqAWDError(f"split '{split}' at {prefix} is empty: give it some text")
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             num_shards = dist_utils.get_data_parallel_world_size()
             shard_id = dist_utils.get_data_parallel_rank()
