@@ -17,7 +17,6 @@ import argparse
 import filecmp
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tarfile
@@ -94,15 +93,12 @@ def download(corpus: str, raw_dir: Path) -> Path:
     return target
 
 
-def count_entries(idx_file: Path) -> tuple[int, int]:
-    """Return (lines, tokens including one </s> per line) from a fairseq mmap ``.idx``."""
-    with idx_file.open("rb") as f:
-        if f.read(9) != b"MMIDIDX\x00\x00":
-            raise PrepareError(f"not a fairseq mmap index: {idx_file}")
-        f.read(9)  # version (uint64) and dtype code (uint8)
-        (lines,) = struct.unpack("<Q", f.read(8))
-        sizes = struct.unpack(f"<{lines}i", f.read(4 * lines))
-    return lines, sum(sizes)
+def count_entries(prefix: Path) -> tuple[int, int]:
+    """Return (lines, tokens including one </s> per line) of a binarized split."""
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    dataset = MMapIndexedDataset(str(prefix))  # keep it alive: sizes is a view of its mmap
+    return len(dataset.sizes), int(dataset.sizes.sum())
 
 
 def binarize(files: dict[str, Path], dest: Path, workers: int, force: bool) -> None:
@@ -155,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.corpus}: vocabulary {vocab} symbols (incl. 4 fairseq specials) "
               f"in {args.dest}")
         for split in SPLITS:
-            lines, tokens = count_entries(args.dest / f"{split}.idx")
+            lines, tokens = count_entries(args.dest / split)
             print(f"  {split}: {lines} lines, {tokens - lines} tokens, {tokens} with </s>")
     except PrepareError as err:
         print(f"error: {err}", file=sys.stderr)
