@@ -159,10 +159,6 @@ class AWDLSTMDecoder(FairseqIncrementalDecoder):
         weight = self.embed_tokens.weight if self.output_weight is None else self.output_weight
         return F.linear(features, weight, self.output_bias)
 
-    def reset_streams(self) -> None:
-        """Forget every carried stream state."""
-        self._streams.clear()
-
     def max_positions(self) -> int:
         return DEFAULT_MAX_POSITIONS
 

@@ -19,6 +19,7 @@ from fairseq.data import (
     AppendTokenDataset,
     Dictionary,
     IdDataset,
+    ListDataset,
     NestedDictionaryDataset,
     NumelDataset,
     PadDataset,
@@ -244,7 +245,7 @@ class AWDLanguageModelingTask(FairseqTask):
         """Sentences without their trailing ``</s>``, with ``</s>`` prepended as BOS to the
         input and a pad appended to the target, as fairseq's ``language_modeling`` does."""
         eos = self.dictionary.eos()
-        sentences = StripTokenDataset(_ListDataset(src_tokens), eos)
+        sentences = StripTokenDataset(ListDataset(src_tokens, np.array(src_lengths)), eos)
         src = PrependTokenDataset(sentences, eos)
         target = AppendTokenDataset(sentences, self.dictionary.pad())
         return NestedDictionaryDataset(
@@ -273,18 +274,6 @@ class AWDLanguageModelingTask(FairseqTask):
 
     def max_positions(self):
         return None
-
-
-class _ListDataset(torch.utils.data.Dataset):
-    def __init__(self, items):
-        self.items = list(items)
-        self.sizes = np.array([len(t) for t in self.items])
-
-    def __getitem__(self, index):
-        return self.items[index]
-
-    def __len__(self):
-        return len(self.items)
 
 
 def _concatenate(data) -> torch.Tensor:
