@@ -28,8 +28,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check fairseq_awd scripts tests
 
-test: install
-	$(BIN)/ruff check fairseq_awd scripts tests
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 clean:
