@@ -2,6 +2,14 @@
 fairseq-fixed is built against the torch you already have."""
 
 from setuptools import find_packages, setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+# The fast CPU ForgetMult (QRNN). OpenMP threads come from the libgomp torch already loads.
+forget_mult_cpu = CppExtension(
+    "fairseq_awd._forget_mult_cpu",
+    ["fairseq_awd/csrc/forget_mult_cpu.cpp"],
+    extra_compile_args=["-O3", "-fopenmp"],
+)
 
 setup(
     name="fairseq_awd",
@@ -12,6 +20,9 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["fairseq_awd", "fairseq_awd.*"]),
+    package_data={"fairseq_awd": ["csrc/*.cu", "csrc/*.cpp"]},
+    ext_modules=[forget_mult_cpu],
+    cmdclass={"build_ext": BuildExtension},
     install_requires=[
         # No torch pin: CPU and CUDA users install the build they need first.
         "torch>=2.1",

@@ -1,1 +1,1 @@
-from . import awd_lstm_lm  # noqa: F401  (registers awd_lstm_lm and its architectures)
+from . import awd_lstm_lm, awd_qrnn_lm  # noqa: F401  (register the models and architectures)

@@ -1,206 +1,31 @@
 """AWD-LSTM language model (Merity, Keskar and Socher 2017, arXiv 1708.02182) for fairseq."""
 
-import zlib
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-from fairseq.data import Dictionary
-from fairseq.dataclass import FairseqDataclass
-from fairseq.models import (
-    FairseqIncrementalDecoder,
-    FairseqLanguageModel,
-    register_model,
-    register_model_architecture,
-)
+from fairseq.models import register_model, register_model_architecture
 from torch import nn
 
-from fairseq_awd.errors import FairseqAWDError
-from fairseq_awd.modules import LockedDropout, WeightDropLSTM, embedding_dropout
-
-LayerStates = List[Tuple[torch.Tensor, torch.Tensor]]
-DEFAULT_MAX_POSITIONS = 100_000
+from fairseq_awd.models.awd_rnn import AWDRNNConfig, AWDRNNDecoder, AWDRNNLanguageModel
+from fairseq_awd.modules import WeightDropLSTM
 
 
 @dataclass
-class AWDLSTMConfig(FairseqDataclass):
-    decoder_embed_dim: int = field(default=400, metadata={"help": "word embedding size"})
-    decoder_hidden_size: int = field(
-        default=1150, metadata={"help": "hidden size of every LSTM layer but the last"}
-    )
-    decoder_layers: int = field(default=3, metadata={"help": "number of LSTM layers"})
-    decoder_out_embed_dim: Optional[int] = field(
-        default=None,
-        metadata={"help": "output size of the last LSTM layer (default: --decoder-embed-dim, "
-                  "which weight tying requires)"},
-    )
-    untie_weights: bool = field(
-        default=False,
-        metadata={"help": "do not tie the output softmax weights to the input embedding"},
-    )
-    dropout: float = field(
-        default=0.4, metadata={"help": "locked dropout on the output of the last LSTM layer"}
-    )
-    dropouth: float = field(default=0.3, metadata={"help": "locked dropout between LSTM layers"})
-    dropouti: float = field(default=0.65, metadata={"help": "locked dropout on the embeddings"})
-    dropoute: float = field(
-        default=0.1, metadata={"help": "embedding dropout: drop whole words of the vocabulary"}
-    )
-    wdrop: float = field(
-        default=0.5, metadata={"help": "weight drop (DropConnect) on the hidden-to-hidden matrices"}
-    )
+class AWDLSTMConfig(AWDRNNConfig):
+    """The paper's PTB setting (the base defaults)."""
 
 
-def dictionary_fingerprint(dictionary: Dictionary) -> int:
-    """CRC32 of the dictionary's symbols in order: equal only for the same word-to-id map."""
-    return zlib.crc32("\n".join(dictionary.symbols).encode("utf-8"))
+class AWDLSTMDecoder(AWDRNNDecoder):
+    """AWD decoder whose layers are weight-dropped LSTMs (state ``(h, c)``)."""
 
-
-class AWDLSTMDecoder(FairseqIncrementalDecoder):
-    """Embedding -> stack of weight-dropped LSTMs -> (tied) softmax, AWD-LSTM style.
-
-    Tokens come in batch-major ``(B, T)``; the LSTMs run time-major ``(T, B, C)``.
-    ``forward`` returns ``(logits (B, T, V), extra)`` where ``extra`` holds the last
-    layer's output before (``raw_output``) and after (``dropped_output``) its locked
-    dropout, both ``(T, B, C)``, for the AR and TAR regularizers.
-
-    Recurrent state is carried in two ways: fairseq's ``incremental_state`` (one token
-    per call, reorderable for beam search), and named *streams* for stateful BPTT: a
-    call with ``stream_id`` continues that stream from the detached state the previous
-    call left, unless ``stream_start`` is True.
-    """
-
-    carries_stream_state = True
-
-    def __init__(self, dictionary: Dictionary, cfg: AWDLSTMConfig):
-        super().__init__(dictionary)
-        out_dim = cfg.decoder_out_embed_dim or cfg.decoder_embed_dim
-        tied = not cfg.untie_weights
-        if tied and out_dim != cfg.decoder_embed_dim:
-            raise FairseqAWDError(
-                f"cannot tie weights: --decoder-out-embed-dim {out_dim} differs from "
-                f"--decoder-embed-dim {cfg.decoder_embed_dim}; make them equal or pass "
-                "--untie-weights"
-            )
-        if cfg.decoder_layers < 1:
-            raise FairseqAWDError("--decoder-layers must be at least 1")
-        for option in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
-            if not 0.0 <= getattr(cfg, option) < 1.0:
-                raise FairseqAWDError(
-                    f"--{option} must be in [0, 1), got {getattr(cfg, option)}"
-                )
-        self.cfg = cfg
-        self.embed_tokens = nn.Embedding(len(dictionary), cfg.decoder_embed_dim, dictionary.pad())
-        sizes = [cfg.decoder_embed_dim] + [cfg.decoder_hidden_size] * (cfg.decoder_layers - 1)
-        sizes.append(out_dim)
-        self.layers = nn.ModuleList(
-            WeightDropLSTM(sizes[i], sizes[i + 1], cfg.wdrop) for i in range(cfg.decoder_layers)
-        )
-        self.locked_dropout = LockedDropout()
-        self.output_weight = None if tied else nn.Parameter(torch.empty(len(dictionary), out_dim))
-        self.output_bias = nn.Parameter(torch.zeros(len(dictionary)))
-        self.register_buffer(
-            "dictionary_fingerprint", torch.tensor(dictionary_fingerprint(dictionary))
-        )
-        self._streams: Dict[str, LayerStates] = {}
-        nn.init.uniform_(self.embed_tokens.weight, -0.1, 0.1)
-        if self.output_weight is not None:
-            nn.init.uniform_(self.output_weight, -0.1, 0.1)
-
-    def forward(
-        self,
-        prev_output_tokens: torch.Tensor,
-        src_lengths: Optional[torch.Tensor] = None,
-        incremental_state: Optional[Dict[str, Dict[str, Optional[torch.Tensor]]]] = None,
-        stream_id: Optional[str] = None,
-        stream_start: bool = True,
-        **unused,
-    ):
-        tokens = prev_output_tokens
-        if incremental_state is not None:
-            tokens = tokens[:, -1:]
-            state = self._get_cached_state(incremental_state)
-        elif stream_id is not None and not stream_start:
-            state = self._streams.get(stream_id)
-            if state is not None and state[0][0].size(1) != tokens.size(0):
-                state = None
-        else:
-            state = None
-
-        x, raw_output, new_state = self.extract_features(tokens, state)
-        if incremental_state is not None:
-            self._set_cached_state(incremental_state, new_state)
-        elif stream_id is not None:
-            self._streams[stream_id] = [(h.detach(), c.detach()) for h, c in new_state]
-        logits = self.output_layer(x).transpose(0, 1)
-        return logits, {"attn": None, "raw_output": raw_output, "dropped_output": x}
-
-    def extract_features(self, tokens: torch.Tensor, state: Optional[LayerStates] = None):
-        """Run the stack on ``tokens (B, T)``.
-
-        Returns ``(dropped_output, raw_output, new_state)``: the last layer's output
-        after and before its locked dropout, each ``(T, B, C)``, and the per-layer
-        ``(h, c)`` states, each ``(1, B, H_l)``.
-        """
-        cfg = self.cfg
-        x = embedding_dropout(self.embed_tokens, tokens.t(), cfg.dropoute, self.training)
-        x = self.locked_dropout(x, cfg.dropouti)
-        new_state = []
-        for i, layer in enumerate(self.layers):
-            x, layer_state = layer(x, None if state is None else state[i])
-            new_state.append(layer_state)
-            if i < len(self.layers) - 1:
-                x = self.locked_dropout(x, cfg.dropouth)
-        raw_output = x
-        return self.locked_dropout(x, cfg.dropout), raw_output, new_state
-
-    def output_layer(self, features: torch.Tensor) -> torch.Tensor:
-        weight = self.embed_tokens.weight if self.output_weight is None else self.output_weight
-        return F.linear(features, weight, self.output_bias)
-
-    def max_positions(self) -> int:
-        return DEFAULT_MAX_POSITIONS
-
-    def _get_cached_state(self, incremental_state) -> Optional[LayerStates]:
-        cached = self.get_incremental_state(incremental_state, "lstm_state")
-        if cached is None:
-            return None
-        return [(cached[f"h{i}"], cached[f"c{i}"]) for i in range(len(self.layers))]
-
-    def _set_cached_state(self, incremental_state, state: LayerStates) -> None:
-        flat = {}
-        for i, (h, c) in enumerate(state):
-            flat[f"h{i}"], flat[f"c{i}"] = h, c
-        self.set_incremental_state(incremental_state, "lstm_state", flat)
-
-    def reorder_incremental_state(self, incremental_state, new_order: torch.Tensor) -> None:
-        cached = self.get_incremental_state(incremental_state, "lstm_state")
-        if cached is None:
-            return
-        reordered = {k: v.index_select(1, new_order) for k, v in cached.items()}
-        self.set_incremental_state(incremental_state, "lstm_state", reordered)
+    def build_layer(self, index: int, input_size: int, output_size: int, cfg) -> nn.Module:
+        return WeightDropLSTM(input_size, output_size, cfg.wdrop)
 
 
 @register_model("awd_lstm_lm", dataclass=AWDLSTMConfig)
-class AWDLSTMLanguageModel(FairseqLanguageModel):
+class AWDLSTMLanguageModel(AWDRNNLanguageModel):
     """AWD-LSTM: weight-dropped LSTM LM with embedding/locked dropout and tied softmax."""
 
-    @classmethod
-    def build_model(cls, cfg: AWDLSTMConfig, task) -> "AWDLSTMLanguageModel":
-        return cls(AWDLSTMDecoder(task.target_dictionary, cfg))
-
-    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        key = "decoder.dictionary_fingerprint"
-        if key in state_dict and int(state_dict[key]) != int(self.decoder.dictionary_fingerprint):
-            raise FairseqAWDError(
-                "the checkpoint was trained with a different dictionary than the data's "
-                f"dict.txt ({state_dict['decoder.embed_tokens.weight'].size(0)} vs "
-                f"{len(self.decoder.dictionary)} types, or the same types in another order); "
-                "binarize the data with fairseq-preprocess --srcdict set to the dict.txt "
-                "the model was trained with"
-            )
-        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+    decoder_class = AWDLSTMDecoder
 
 
 @register_model_architecture("awd_lstm_lm", "awd_lstm_lm_wt2")

@@ -1,14 +1,22 @@
-"""Plain-PyTorch building blocks of AWD-LSTM; none of them imports fairseq."""
+"""Plain-PyTorch building blocks of AWD-LSTM and AWD-QRNN; none of them imports fairseq."""
 
 from .embedding_dropout import embedding_dropout
+from .forget_mult import forget_mult, forget_mult_reference
 from .locked_dropout import LockedDropout
+from .qrnn import QRNN, QRNNLayer, QRNNLayerState, QRNNState
 from .regularization import activation_regularization, temporal_activation_regularization
 from .weight_drop import WeightDropLSTM
 
 __all__ = [
     "LockedDropout",
+    "QRNN",
+    "QRNNLayer",
+    "QRNNLayerState",
+    "QRNNState",
     "WeightDropLSTM",
     "activation_regularization",
     "embedding_dropout",
+    "forget_mult",
+    "forget_mult_reference",
     "temporal_activation_regularization",
 ]

@@ -1,0 +1,74 @@
+"""AWD-QRNN language model (Merity, Keskar and Socher 2018, arXiv 1803.08240) for fairseq."""
+
+from dataclasses import dataclass, field
+
+from fairseq.dataclass import ChoiceEnum
+from fairseq.models import register_model, register_model_architecture
+from torch import nn
+
+from fairseq_awd.errors import FairseqAWDError
+from fairseq_awd.models.awd_rnn import AWDRNNConfig, AWDRNNDecoder, AWDRNNLanguageModel
+from fairseq_awd.modules import QRNNLayer
+from fairseq_awd.modules.qrnn import POOLINGS
+
+
+@dataclass
+class AWDQRNNConfig(AWDRNNConfig):
+    """The AWD-QRNN PTB setting; the dropout defaults not set here are AWD-LSTM's."""
+
+    decoder_hidden_size: int = field(
+        default=1550, metadata={"help": "hidden size of every QRNN layer but the last"}
+    )
+    decoder_layers: int = field(default=4, metadata={"help": "number of QRNN layers"})
+    dropouti: float = field(default=0.4, metadata={"help": "locked dropout on the embeddings"})
+    wdrop: float = field(
+        default=0.1, metadata={"help": "weight drop (DropConnect) on the QRNN gate projections"}
+    )
+    qrnn_window: int = field(
+        default=2,
+        metadata={"help": "convolution window (1 or 2) of the first QRNN layer; the others "
+                  "use 1, as in AWD-QRNN"},
+    )
+    qrnn_pooling: ChoiceEnum(sorted(POOLINGS)) = field(
+        default="fo", metadata={"help": "f-, fo- or ifo-pooling"}
+    )
+    zoneout: float = field(
+        default=0.0, metadata={"help": "zoneout on the QRNN forget gates (0 in AWD-QRNN)"}
+    )
+
+
+class AWDQRNNDecoder(AWDRNNDecoder):
+    """AWD decoder whose layers are QRNNs (state ``(cell, last input)``)."""
+
+    def build_layer(self, index: int, input_size: int, output_size: int, cfg) -> nn.Module:
+        if cfg.qrnn_window not in (1, 2):
+            raise FairseqAWDError(f"--qrnn-window must be 1 or 2, got {cfg.qrnn_window}")
+        if not 0.0 <= cfg.zoneout < 1.0:
+            raise FairseqAWDError(f"--zoneout must be in [0, 1), got {cfg.zoneout}")
+        window = cfg.qrnn_window if index == 0 else 1
+        return QRNNLayer(input_size, output_size, window, str(cfg.qrnn_pooling), cfg.zoneout,
+                         cfg.wdrop)
+
+
+@register_model("awd_qrnn_lm", dataclass=AWDQRNNConfig)
+class AWDQRNNLanguageModel(AWDRNNLanguageModel):
+    """AWD-QRNN: QRNN layers with weight-dropped gate projections, AWD regularization."""
+
+    decoder_class = AWDQRNNDecoder
+
+
+@register_model_architecture("awd_qrnn_lm", "awd_qrnn_lm_wt2")
+def awd_qrnn_lm_wt2(args):
+    """The AWD-QRNN WikiText-2 setting: as PTB but 0.2 dropout between layers."""
+    args.dropouth = getattr(args, "dropouth", 0.2)
+
+
+@register_model_architecture("awd_qrnn_lm", "awd_qrnn_lm_wt103")
+def awd_qrnn_lm_wt103(args):
+    """The AWD-QRNN WikiText-103 setting: 2500 hidden units, light dropout, no weight drop."""
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 2500)
+    args.dropoute = getattr(args, "dropoute", 0.0)
+    args.dropouth = getattr(args, "dropouth", 0.1)
+    args.dropouti = getattr(args, "dropouti", 0.1)
+    args.dropout = getattr(args, "dropout", 0.1)
+    args.wdrop = getattr(args, "wdrop", 0.0)
