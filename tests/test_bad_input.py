@@ -83,3 +83,9 @@ def test_streams_need_a_batch_size(setup, tmp_path):
                          "--arch", "awd_lstm_lm", "--max-tokens", "1000", "--cpu",
                          "--save-dir", str(tmp_path)], check=False)
     assert_one_line_error(proc, "--batch-size")
+
+
+def test_qrnn_window_other_than_one_or_two(setup, tmp_path):
+    _, data, _ = setup
+    proc = train(data, tmp_path, ["--arch", "awd_qrnn_lm", "--qrnn-window", "3"], check=False)
+    assert_one_line_error(proc, "--qrnn-window must be 1 or 2, got 3")

@@ -40,11 +40,14 @@ def corpus(tmp_path_factory):
     return data, lines
 
 
-@pytest.fixture(scope="module")
-def trained(corpus, tmp_path_factory):
+@pytest.fixture(scope="module", params=["awd_lstm_lm", "awd_qrnn_lm"])
+def trained(request, corpus, tmp_path_factory):
+    """A tiny model of each architecture, trained for 3 epochs (the QRNN with window 2)."""
     data, _ = corpus
     save_dir = tmp_path_factory.mktemp("ckpt")
-    proc = train(data, save_dir, ["--max-epoch", "3", "--no-epoch-checkpoints"])
+    proc = train(data, save_dir, ["--arch", request.param, "--max-epoch", "3",
+                                  "--no-epoch-checkpoints"])
+    assert ("QRNNLayer(" in proc.stdout) == (request.param == "awd_qrnn_lm")  # model summary
     return save_dir, json_logs(proc.stdout + proc.stderr, "valid")
 
 

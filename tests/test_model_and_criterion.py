@@ -1,4 +1,9 @@
-"""Tests of the AWD-LSTM model (awd_lstm_lm) and the awd_cross_entropy criterion."""
+"""Tests of the AWD models (awd_lstm_lm, awd_qrnn_lm) and the awd_cross_entropy criterion.
+
+Decoder behaviour that the two share (tying, dropout, incremental and stream state) is
+checked for both; the QRNN runs with a window-2 first layer, so carried state includes
+the last input.
+"""
 
 import math
 from types import SimpleNamespace
@@ -12,6 +17,7 @@ from fairseq.data import Dictionary
 from fairseq_awd.criterions.awd_cross_entropy import AWDCrossEntropyCriterion
 from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.models.awd_lstm_lm import AWDLSTMConfig, AWDLSTMLanguageModel
+from fairseq_awd.models.awd_qrnn_lm import AWDQRNNConfig, AWDQRNNLanguageModel
 
 E, HID, B, T = 8, 12, 3, 9
 
@@ -35,14 +41,22 @@ def make_task(dictionary=DICT):
     return SimpleNamespace(target_dictionary=dictionary, source_dictionary=dictionary)
 
 
-def make_model(seed=0, dictionary=DICT, **overrides) -> AWDLSTMLanguageModel:
+MODELS = {
+    "lstm": (AWDLSTMConfig, AWDLSTMLanguageModel, {}),
+    "qrnn": (AWDQRNNConfig, AWDQRNNLanguageModel, {"qrnn_window": 2}),
+}
+KINDS = sorted(MODELS)
+
+
+def make_model(seed=0, dictionary=DICT, kind="lstm", **overrides):
+    config_class, model_class, specific = MODELS[kind]
     cfg = dict(
         decoder_embed_dim=E, decoder_hidden_size=HID, decoder_layers=2,
-        dropout=0.3, dropouth=0.2, dropouti=0.3, dropoute=0.1, wdrop=0.4,
+        dropout=0.3, dropouth=0.2, dropouti=0.3, dropoute=0.1, wdrop=0.4, **specific,
     )
     cfg.update(overrides)
     torch.manual_seed(seed)
-    return AWDLSTMLanguageModel.build_model(AWDLSTMConfig(**cfg), make_task(dictionary))
+    return model_class.build_model(config_class(**cfg), make_task(dictionary))
 
 
 def make_tokens(seed=1, batch=B, steps=T):
@@ -61,8 +75,9 @@ def n_params(model):
 # ---------------------------------------------------------------- weight tying
 
 
-def test_tied_output_layer_uses_embedding_matrix():
-    model = make_model()
+@pytest.mark.parametrize("kind", KINDS)
+def test_tied_output_layer_uses_embedding_matrix(kind):
+    model = make_model(kind=kind)
     dec = model.decoder
     assert V == 30
     assert dec.output_weight is None
@@ -75,12 +90,13 @@ def test_tied_output_layer_uses_embedding_matrix():
     # ... and the output layer's gradient lands on the embedding
     dec.output_layer(features).sum().backward()
     close(dec.embed_tokens.weight.grad, features.reshape(-1, E).sum(0).expand(V, E))
-    untied = make_model(untie_weights=True)
+    untied = make_model(untie_weights=True, kind=kind)
     assert n_params(model) == n_params(untied) - V * E
 
 
-def test_untied_output_layer_is_separate():
-    model = make_model(untie_weights=True, decoder_out_embed_dim=6)
+@pytest.mark.parametrize("kind", KINDS)
+def test_untied_output_layer_is_separate(kind):
+    model = make_model(untie_weights=True, decoder_out_embed_dim=6, kind=kind)
     dec = model.decoder
     assert dec.output_weight is not None
     assert dec.output_weight.shape == (V, 6)
@@ -94,9 +110,10 @@ def test_untied_output_layer_is_separate():
     close(logits, F.linear(features, dec.output_weight, dec.output_bias).transpose(0, 1))
 
 
-def test_tying_with_different_out_dim_raises():
+@pytest.mark.parametrize("kind", KINDS)
+def test_tying_with_different_out_dim_raises(kind):
     with pytest.raises(FairseqAWDError) as err:
-        make_model(decoder_out_embed_dim=6)
+        make_model(decoder_out_embed_dim=6, kind=kind)
     msg = str(err.value)
     assert "--decoder-out-embed-dim" in msg and "--decoder-embed-dim" in msg
     assert "--untie-weights" in msg
@@ -112,8 +129,9 @@ def test_layer_sizes():
 # ---------------------------------------------------------------- outputs / dropout
 
 
-def test_train_mode_dropped_output_is_locked_dropout_of_raw():
-    model = make_model(dropout=0.5)
+@pytest.mark.parametrize("kind", KINDS)
+def test_train_mode_dropped_output_is_locked_dropout_of_raw(kind):
+    model = make_model(dropout=0.5, kind=kind)
     model.train()
     torch.manual_seed(3)
     logits, extra = model(make_tokens())
@@ -128,8 +146,9 @@ def test_train_mode_dropped_output_is_locked_dropout_of_raw():
     close(logits, dec.output_layer(dropped).transpose(0, 1), atol=1e-6)
 
 
-def test_eval_is_deterministic_and_undropped():
-    model = make_model()
+@pytest.mark.parametrize("kind", KINDS)
+def test_eval_is_deterministic_and_undropped(kind):
+    model = make_model(kind=kind)
     model.eval()
     x = make_tokens()
     logits1, extra = model(x)
@@ -141,8 +160,9 @@ def test_eval_is_deterministic_and_undropped():
 # ---------------------------------------------------------------- incremental decoding
 
 
-def test_incremental_decoding_matches_full_pass():
-    model = make_model()
+@pytest.mark.parametrize("kind", KINDS)
+def test_incremental_decoding_matches_full_pass(kind):
+    model = make_model(kind=kind)
     model.eval()
     x = make_tokens()
     with torch.no_grad():
@@ -153,9 +173,10 @@ def test_incremental_decoding_matches_full_pass():
     close(torch.cat(steps, dim=1), full)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("order", [[2, 0, 1], [1, 1, 0]])
-def test_reorder_incremental_state(order):
-    model = make_model()
+def test_reorder_incremental_state(order, kind):
+    model = make_model(kind=kind)
     model.eval()
     x = make_tokens()
     new_order = torch.tensor(order)
@@ -174,8 +195,9 @@ def test_reorder_incremental_state(order):
 # ---------------------------------------------------------------- stream carrying
 
 
-def test_stream_carrying_equals_one_call():
-    model = make_model()
+@pytest.mark.parametrize("kind", KINDS)
+def test_stream_carrying_equals_one_call(kind):
+    model = make_model(kind=kind)
     model.eval()
     x = make_tokens()
     with torch.no_grad():
@@ -191,8 +213,9 @@ def test_stream_carrying_equals_one_call():
     close(second_again, second)
 
 
-def test_stream_start_resets():
-    model = make_model()
+@pytest.mark.parametrize("kind", KINDS)
+def test_stream_start_resets(kind):
+    model = make_model(kind=kind)
     model.eval()
     x = make_tokens()
     with torch.no_grad():
@@ -204,8 +227,9 @@ def test_stream_start_resets():
     assert not torch.allclose(carried, fresh, atol=1e-4)
 
 
-def test_stream_batch_size_change_starts_fresh():
-    model = make_model()
+@pytest.mark.parametrize("kind", KINDS)
+def test_stream_batch_size_change_starts_fresh(kind):
+    model = make_model(kind=kind)
     model.eval()
     x = make_tokens()
     with torch.no_grad():
@@ -215,8 +239,9 @@ def test_stream_batch_size_change_starts_fresh():
     close(smaller, fresh)
 
 
-def test_stream_state_is_detached():
-    model = make_model()
+@pytest.mark.parametrize("kind", KINDS)
+def test_stream_state_is_detached(kind):
+    model = make_model(kind=kind)
     model.train()
     x = make_tokens()
     logits, _ = model(x[:, :5], stream_id="s", stream_start=True)
@@ -358,14 +383,15 @@ def test_reduce_metrics_eval_logs_have_no_regularizers():
 # ---------------------------------------------------------------- dictionary fingerprint
 
 
-def test_dictionary_fingerprint_mismatch_raises():
-    trained = make_model(seed=0)
-    same = make_model(seed=1)
+@pytest.mark.parametrize("kind", KINDS)
+def test_dictionary_fingerprint_mismatch_raises(kind):
+    trained = make_model(seed=0, kind=kind)
+    same = make_model(seed=1, kind=kind)
     same.load_state_dict(trained.state_dict())  # same dictionary: fine
     close(same.decoder.embed_tokens.weight, trained.decoder.embed_tokens.weight, atol=0)
     swapped_dict = make_dictionary(swap=(3, 11))
     assert len(swapped_dict) == len(DICT)
-    other = make_model(seed=1, dictionary=swapped_dict)
+    other = make_model(seed=1, dictionary=swapped_dict, kind=kind)
     with pytest.raises(FairseqAWDError) as err:
         other.load_state_dict(trained.state_dict())
     assert "--srcdict" in str(err.value)

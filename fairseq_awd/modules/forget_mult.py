@@ -100,12 +100,17 @@ def check_shapes(f, x, h0=None, input_gate=None, mask=None) -> None:
             f"initial state shape {tuple(h0.shape)} does not match (B, H) = {tuple(x.shape[1:])}"
         )
     if mask is not None:
-        if mask.shape != x.shape[:2]:
-            raise ValueError(
-                f"mask shape {tuple(mask.shape)} does not match (T, B) = {tuple(x.shape[:2])}"
-            )
-        if mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor (True at real tokens), got {mask.dtype}")
+        check_mask(mask, x)
+
+
+def check_mask(mask: torch.Tensor, x: torch.Tensor) -> None:
+    """A padding mask must be bool ``(T, B)`` for ``x`` of shape ``(T, B, ...)``."""
+    if mask.shape != x.shape[:2]:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} does not match (T, B) = {tuple(x.shape[:2])}"
+        )
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor (True at real tokens), got {mask.dtype}")
 
 
 def cpu_extension_available() -> bool:

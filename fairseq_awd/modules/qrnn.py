@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .forget_mult import forget_mult
+from .forget_mult import check_mask, forget_mult
 
 POOLINGS = {"f": 2, "fo": 3, "ifo": 4}  # pooling -> number of gate blocks (z, f, o, i)
 
@@ -81,6 +81,10 @@ class QRNNLayer(nn.Module):
         if size != self.input_size:
             raise ValueError(f"QRNN layer expects {self.input_size} input features, got {size}")
         self._check_state(state, batch)
+        if mask is not None:
+            check_mask(mask, x)
+            # Padding must not leak into a real step's window (x_{t+1} when reversed).
+            x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
         source = x
         if self.window == 2:
             if self.reverse:
