@@ -30,9 +30,13 @@ def train_step(model, sample: dict, optimizer: torch.optim.Optimizer,
     """One step as in the reference main.py; returns the loss (nats/token). A function, so
     that the step's activations are freed on return, as in fairseq's trainer."""
     model.train()
-    logits, extra = model(**sample["net_input"])
+    net_output = model(**sample["net_input"])
+    output, extra = net_output
     target = sample["target"]
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1))
+    if getattr(model.decoder, "adaptive_output", None) is not None:  # --adaptive-softmax-cutoff
+        loss = model.decoder.adaptive_nll(net_output, target).mean()
+    else:
+        loss = F.cross_entropy(output.reshape(-1, output.size(-1)), target.reshape(-1))
     dropped, raw = extra["dropped_output"], extra["raw_output"]
     loss = loss + cfg.criterion.alpha * dropped.pow(2).mean()
     if raw.size(0) > 1:

@@ -108,3 +108,19 @@ def assert_same_tensors(a: dict, b: dict, atol: float = 1e-6) -> None:
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=atol, rtol=0), key
+
+
+def assert_samples_and_beam_search(data: Path, checkpoint: Path, sampling: List[str] = ()) -> None:
+    """``fairseq-interactive`` continues a prompt by sampling (with extra ``sampling``
+    options) and returns a 3-best beam sorted by score."""
+    common = [str(data), "--user-dir", USER_DIR, "--task", "awd_language_modeling", "--cpu",
+              "--path", str(checkpoint), "--max-len-b", "8"]
+    proc = run("interactive", [*common, "--sampling", "--sampling-topk", "5", *sampling,
+                               "--beam", "1", "--seed", "3", "--min-len", "6"],
+               stdin="the company said\n")
+    hypos = [line for line in proc.stdout.splitlines() if line.startswith("H-0")]
+    assert len(hypos) == 1 and hypos[0].split("\t")[2].startswith("the company said ")
+    proc = run("interactive", [*common, "--beam", "3", "--nbest", "3"], stdin="the company\n")
+    scores = [float(line.split("\t")[1]) for line in proc.stdout.splitlines()
+              if line.startswith("H-0")]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)

@@ -9,6 +9,7 @@ import torch
 from fairseq_cli_helpers import (
     USER_DIR,
     assert_same_tensors,
+    assert_samples_and_beam_search,
     binarize,
     command,
     eval_lm_perplexity,
@@ -84,16 +85,7 @@ def test_eval_lm_test_split_uses_one_stream(trained, corpus):
 def test_interactive_samples_and_beam_search(trained, corpus):
     data, _ = corpus
     save_dir, _ = trained
-    common = [str(data), "--user-dir", USER_DIR, "--task", "awd_language_modeling", "--cpu",
-              "--path", str(save_dir / "checkpoint_best.pt"), "--max-len-b", "8"]
-    proc = run("interactive", [*common, "--sampling", "--sampling-topk", "5", "--beam", "1",
-                               "--seed", "3", "--min-len", "6"], stdin="the company said\n")
-    hypos = [line for line in proc.stdout.splitlines() if line.startswith("H-0")]
-    assert len(hypos) == 1 and hypos[0].split("\t")[2].startswith("the company said ")
-    proc = run("interactive", [*common, "--beam", "3", "--nbest", "3"], stdin="the company\n")
-    scores = [float(line.split("\t")[1]) for line in proc.stdout.splitlines()
-              if line.startswith("H-0")]
-    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert_samples_and_beam_search(data, save_dir / "checkpoint_best.pt")
 
 
 def test_hub_scores_without_carried_state_and_samples(trained, corpus):

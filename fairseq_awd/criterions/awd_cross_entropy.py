@@ -32,6 +32,10 @@ class AWDCrossEntropyCriterion(FairseqCriterion):
     AR and TAR are added only in training and only for models whose decoder output
     carries ``raw_output``/``dropped_output`` (AWD models); ``nll_loss``, from which
     perplexity is computed, is logged separately and never includes them.
+
+    For an AWD model with an adaptive softmax (``decoder.adaptive_output``), the NLL is the
+    decoder's exact adaptive-softmax NLL, which computes only the head and, per tail
+    cluster, the positions whose target falls in it: no ``(B, T, V)`` log-probabilities.
     """
 
     def __init__(self, task, alpha: float, beta: float):
@@ -40,14 +44,19 @@ class AWDCrossEntropyCriterion(FairseqCriterion):
         self.beta = beta
 
     def forward(self, model, sample, reduce=True):
-        logits, extra = model(**sample["net_input"])
-        target = model.get_targets(sample, (logits, extra))
-        nll = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(),
-            target.reshape(-1),
-            ignore_index=self.padding_idx,
-            reduction="sum",
-        )
+        net_output = model(**sample["net_input"])
+        output, extra = net_output[0], net_output[1]
+        target = model.get_targets(sample, net_output)
+        decoder = getattr(model, "decoder", None)
+        if getattr(decoder, "adaptive_output", None) is not None:
+            nll = decoder.adaptive_nll(net_output, target, ignore_index=self.padding_idx).sum()
+        else:
+            nll = F.cross_entropy(
+                output.reshape(-1, output.size(-1)).float(),
+                target.reshape(-1),
+                ignore_index=self.padding_idx,
+                reduction="sum",
+            )
         ntokens = sample["ntokens"]
         loss = nll
         logging_output = {

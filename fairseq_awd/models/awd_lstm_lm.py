@@ -5,7 +5,12 @@ from dataclasses import dataclass
 from fairseq.models import register_model, register_model_architecture
 from torch import nn
 
-from fairseq_awd.models.awd_rnn import AWDRNNConfig, AWDRNNDecoder, AWDRNNLanguageModel
+from fairseq_awd.models.awd_rnn import (
+    AWDRNNConfig,
+    AWDRNNDecoder,
+    AWDRNNLanguageModel,
+    wikitext103_setting,
+)
 from fairseq_awd.modules import WeightDropLSTM
 
 
@@ -32,3 +37,10 @@ class AWDLSTMLanguageModel(AWDRNNLanguageModel):
 def awd_lstm_lm_wt2(args):
     """The paper's WikiText-2 setting: as PTB but 0.2 dropout between layers."""
     args.dropouth = getattr(args, "dropouth", 0.2)
+
+
+@register_model_architecture("awd_lstm_lm", "awd_lstm_lm_wt103")
+def awd_lstm_lm_wt103(args):
+    """WikiText-103 (267k words): the AWD-QRNN WikiText-103 setting with 4 LSTM layers."""
+    args.decoder_layers = getattr(args, "decoder_layers", 4)
+    wikitext103_setting(args)

@@ -7,7 +7,12 @@ from fairseq.models import register_model, register_model_architecture
 from torch import nn
 
 from fairseq_awd.errors import FairseqAWDError
-from fairseq_awd.models.awd_rnn import AWDRNNConfig, AWDRNNDecoder, AWDRNNLanguageModel
+from fairseq_awd.models.awd_rnn import (
+    AWDRNNConfig,
+    AWDRNNDecoder,
+    AWDRNNLanguageModel,
+    wikitext103_setting,
+)
 from fairseq_awd.modules import QRNNLayer
 from fairseq_awd.modules.qrnn import POOLINGS
 
@@ -65,10 +70,5 @@ def awd_qrnn_lm_wt2(args):
 
 @register_model_architecture("awd_qrnn_lm", "awd_qrnn_lm_wt103")
 def awd_qrnn_lm_wt103(args):
-    """The AWD-QRNN WikiText-103 setting: 2500 hidden units, light dropout, no weight drop."""
-    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 2500)
-    args.dropoute = getattr(args, "dropoute", 0.0)
-    args.dropouth = getattr(args, "dropouth", 0.1)
-    args.dropouti = getattr(args, "dropouti", 0.1)
-    args.dropout = getattr(args, "dropout", 0.1)
-    args.wdrop = getattr(args, "wdrop", 0.0)
+    """The AWD-QRNN WikiText-103 setting: 4 QRNN layers of 2500 units, tied adaptive softmax."""
+    wikitext103_setting(args)

@@ -1,10 +1,11 @@
 """What AWD-LSTM and AWD-QRNN share (Merity, Keskar and Socher 2017, arXiv 1708.02182;
 2018, arXiv 1803.08240): embedding and locked dropout around a stack of recurrent layers,
-a tied softmax, stream state for stateful BPTT and incremental state for generation."""
+a tied softmax (full, or adaptive for large vocabularies), stream state for stateful BPTT
+and incremental state for generation."""
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,8 @@ from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel
 from torch import nn
 
 from fairseq_awd.errors import FairseqAWDError
-from fairseq_awd.modules import LockedDropout, embedding_dropout
+from fairseq_awd.modules import LockedDropout, TiedAdaptiveSoftmax, embedding_dropout
+from fairseq_awd.modules.adaptive_softmax import check_cutoffs
 
 # Per layer, the two tensors a layer carries ((h, c) for an LSTM, (cell, last input) for
 # a QRNN), each (1, B, size).
@@ -53,6 +55,52 @@ class AWDRNNConfig(FairseqDataclass):
         metadata={"help": "weight drop (DropConnect): on the LSTM's hidden-to-hidden matrices, "
                   "on the QRNN's gate projections"},
     )
+    adaptive_softmax_cutoff: Optional[str] = field(
+        default=None,
+        metadata={"help": "use an adaptive softmax: comma-separated word ids where its tail "
+                  "clusters start, e.g. 2800,20000,76000 (ids are the frequency ranks of "
+                  "fairseq-preprocess's dict.txt); every cluster's word vectors are rows of "
+                  "the (tied) embedding; empty: full softmax"},
+    )
+    adaptive_softmax_dropout: float = field(
+        default=0.0,
+        metadata={"help": "dropout on the hidden vectors fed to the adaptive softmax's tail "
+                  "clusters"},
+    )
+    # No --adaptive-softmax-factor: the tail clusters' word vectors are rows of the one
+    # (V, E) embedding, so their size is E; shrinking it would need projections that the
+    # tied split softmax of AWD-QRNN does not have.
+
+
+def parse_adaptive_softmax_cutoff(value: Optional[str], vocab_size: int) -> Optional[List[int]]:
+    """``"2800,20000,76000"`` -> ``[2800, 20000, 76000]``; None or empty -> None.
+
+    Raises FairseqAWDError unless the cutoffs pass ``check_cutoffs`` (positive, strictly
+    increasing, below ``vocab_size``).
+    """
+    if value is None or not str(value).strip():
+        return None
+    fix = (f"give comma-separated word ids below {vocab_size} (dict.txt plus fairseq's special "
+           "symbols) such as 2800,20000,76000, or an empty value for the full softmax")
+    try:
+        return check_cutoffs([int(part) for part in str(value).split(",")], vocab_size)
+    except ValueError as err:
+        if "invalid literal" in str(err):
+            err = f"comma-separated integers expected, got '{value}'"
+        raise FairseqAWDError(f"--adaptive-softmax-cutoff: {err}; {fix}") from None
+
+
+def wikitext103_setting(args) -> None:
+    """The AWD-QRNN WikiText-103 setting (Merity, Keskar and Socher 2018), for any AWD
+    architecture: 2500 hidden units, light dropout, no embedding or weight drop, and the
+    tied adaptive softmax cut at 2800, 20000 and 76000 words. Command-line values win."""
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 2500)
+    args.dropoute = getattr(args, "dropoute", 0.0)
+    args.dropouth = getattr(args, "dropouth", 0.1)
+    args.dropouti = getattr(args, "dropouti", 0.1)
+    args.dropout = getattr(args, "dropout", 0.1)
+    args.wdrop = getattr(args, "wdrop", 0.0)
+    args.adaptive_softmax_cutoff = getattr(args, "adaptive_softmax_cutoff", "2800,20000,76000")
 
 
 def dictionary_fingerprint(dictionary: Dictionary) -> int:
@@ -70,6 +118,17 @@ class AWDRNNDecoder(FairseqIncrementalDecoder):
     ``forward`` returns ``(logits (B, T, V), extra)`` where ``extra`` holds the last
     layer's output before (``raw_output``) and after (``dropped_output``) its locked
     dropout, both ``(T, B, C)``, for the AR and TAR regularizers.
+
+    With ``--adaptive-softmax-cutoff`` the output layer is a ``TiedAdaptiveSoftmax``
+    (``adaptive_output``) over the rows of the embedding (or of the untied output
+    matrix), and ``forward``'s first output is not logits but ``[h ; 1]`` ``(B, T, C + 1)``:
+    the features ``h`` with a column of ones. fairseq's generator applies ``--temperature``
+    by dividing that output in place, so the last column carries ``1 / temperature`` to
+    ``get_normalized_probs``, which returns the exact ``log_softmax(log p / temperature)``
+    over the whole vocabulary. The criterion gets the NLL from ``adaptive_nll`` without
+    computing full-vocabulary probabilities. The attribute is not called
+    ``adaptive_softmax``: fairseq's own code paths for that name expect
+    ``fairseq.modules.AdaptiveSoftmax``.
 
     Recurrent state is carried in two ways: fairseq's ``incremental_state`` (one token
     per call, reorderable for beam search), and named *streams* for stateful BPTT: a
@@ -91,11 +150,15 @@ class AWDRNNDecoder(FairseqIncrementalDecoder):
             )
         if cfg.decoder_layers < 1:
             raise FairseqAWDError("--decoder-layers must be at least 1")
-        for option in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
-            if not 0.0 <= getattr(cfg, option) < 1.0:
+        for option in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop",
+                       "adaptive_softmax_dropout"):
+            if not 0.0 <= getattr(cfg, option, 0.0) < 1.0:
                 raise FairseqAWDError(
-                    f"--{option} must be in [0, 1), got {getattr(cfg, option)}"
+                    f"--{option.replace('_', '-')} must be in [0, 1), got {getattr(cfg, option)}"
                 )
+        cutoffs = parse_adaptive_softmax_cutoff(
+            getattr(cfg, "adaptive_softmax_cutoff", None), len(dictionary)
+        )
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(len(dictionary), cfg.decoder_embed_dim, dictionary.pad())
         sizes = [cfg.decoder_embed_dim] + [cfg.decoder_hidden_size] * (cfg.decoder_layers - 1)
@@ -106,6 +169,11 @@ class AWDRNNDecoder(FairseqIncrementalDecoder):
         self.locked_dropout = LockedDropout()
         self.output_weight = None if tied else nn.Parameter(torch.empty(len(dictionary), out_dim))
         self.output_bias = nn.Parameter(torch.zeros(len(dictionary)))
+        self.adaptive_output = None
+        if cutoffs is not None:
+            self.adaptive_output = TiedAdaptiveSoftmax(
+                len(dictionary), out_dim, cutoffs, getattr(cfg, "adaptive_softmax_dropout", 0.0)
+            )
         self.register_buffer(
             "dictionary_fingerprint", torch.tensor(dictionary_fingerprint(dictionary))
         )
@@ -142,8 +210,8 @@ class AWDRNNDecoder(FairseqIncrementalDecoder):
             self._set_cached_state(incremental_state, new_state)
         elif stream_id is not None:
             self._streams[stream_id] = [(a.detach(), b.detach()) for a, b in new_state]
-        logits = self.output_layer(x).transpose(0, 1)
-        return logits, {"attn": None, "raw_output": raw_output, "dropped_output": x}
+        out = self.output_layer(x).transpose(0, 1)
+        return out, {"attn": None, "raw_output": raw_output, "dropped_output": x}
 
     def extract_features(self, tokens: torch.Tensor, state: Optional[LayerStates] = None):
         """Run the stack on ``tokens (B, T)``.
@@ -164,9 +232,43 @@ class AWDRNNDecoder(FairseqIncrementalDecoder):
         raw_output = x
         return self.locked_dropout(x, cfg.dropout), raw_output, new_state
 
+    @property
+    def word_vectors(self) -> torch.Tensor:
+        """The output word vectors ``(V, C)``: the embedding matrix itself when tied."""
+        return self.embed_tokens.weight if self.output_weight is None else self.output_weight
+
     def output_layer(self, features: torch.Tensor) -> torch.Tensor:
-        weight = self.embed_tokens.weight if self.output_weight is None else self.output_weight
-        return F.linear(features, weight, self.output_bias)
+        """``(..., C)`` features -> logits ``(..., V)``; with the adaptive softmax, the
+        features with a column of ones appended, ``(..., C + 1)`` (see the class doc)."""
+        if self.adaptive_output is not None:
+            return torch.cat([features, features.new_ones(*features.shape[:-1], 1)], dim=-1)
+        return F.linear(features, self.word_vectors, self.output_bias)
+
+    def adaptive_nll(self, net_output: Tuple[torch.Tensor, Any], target: torch.Tensor,
+                     ignore_index: int = -100) -> torch.Tensor:
+        """Adaptive-softmax NLL ``-log p(target)`` of each position, ``(B, T)`` (0 where
+        ``target == ignore_index``), from ``forward``'s output and ``target (B, T)``."""
+        if self.adaptive_output is None:
+            raise RuntimeError("adaptive_nll needs a model built with --adaptive-softmax-cutoff")
+        features = net_output[0][..., :-1]
+        return self.adaptive_output(features, target, self.word_vectors, self.output_bias,
+                                    ignore_index=ignore_index)
+
+    def get_normalized_probs_scriptable(self, net_output: Tuple[torch.Tensor, Any],
+                                        log_probs: bool,
+                                        sample: Optional[Dict[str, torch.Tensor]] = None
+                                        ) -> torch.Tensor:
+        """(Log-)probabilities ``(B, T, V)`` over the whole vocabulary; exact with the
+        adaptive softmax too (``sample``'s target is not used)."""
+        if self.adaptive_output is None:
+            return super().get_normalized_probs_scriptable(net_output, log_probs, sample)
+        x = net_output[0]
+        inv_temperature = x[..., -1:]
+        features = x[..., :-1] / inv_temperature
+        lprobs = self.adaptive_output.log_prob(features, self.word_vectors, self.output_bias)
+        if not bool(inv_temperature.eq(1).all()):
+            lprobs = torch.log_softmax(lprobs * inv_temperature.float(), dim=-1)
+        return lprobs if log_probs else lprobs.exp_()
 
     def max_positions(self) -> int:
         return DEFAULT_MAX_POSITIONS

@@ -1,5 +1,6 @@
 """Plain-PyTorch building blocks of AWD-LSTM and AWD-QRNN; none of them imports fairseq."""
 
+from .adaptive_softmax import TiedAdaptiveSoftmax
 from .embedding_dropout import embedding_dropout
 from .forget_mult import forget_mult, forget_mult_reference
 from .locked_dropout import LockedDropout
@@ -13,6 +14,7 @@ __all__ = [
     "QRNNLayer",
     "QRNNLayerState",
     "QRNNState",
+    "TiedAdaptiveSoftmax",
     "WeightDropLSTM",
     "activation_regularization",
     "embedding_dropout",
