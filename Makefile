@@ -16,7 +16,7 @@ BUILD_ENV := CFLAGS=-g0 DIST_EXTRA_CONFIG=$(CURDIR)/build-parallel.cfg
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py pyproject.toml build-parallel.cfg
+$(VENV)/.installed: setup.py pyproject.toml build-parallel.cfg fairseq_awd/csrc/forget_mult_cpu.cpp
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" "numpy>=1.21.3,<2" cython "setuptools>=64" wheel
 	$(BUILD_ENV) $(BIN)/python -m pip install --quiet --no-build-isolation -e ".[dev]"

@@ -3,6 +3,8 @@ the reference (values and gradients), and the mask / initial-state / direction s
 
 import importlib
 import itertools
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -61,10 +63,8 @@ def call(backend, f, x, gate, h0, mask, use_gate, reverse, use_mask):
     )
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
-@pytest.mark.parametrize("use_gate,reverse,use_mask", COMBOS)
-def test_gradcheck_cpu(backend, use_gate, reverse, use_mask):
-    f, x, gate, h0, mask = random_inputs()
+def assert_gradcheck(backend, device, use_gate, reverse, use_mask):
+    f, x, gate, h0, mask = random_inputs(device=device)
     inputs = (f, x, gate, h0) if use_gate else (f, x, h0)
 
     def fn(*args):
@@ -75,6 +75,12 @@ def test_gradcheck_cpu(backend, use_gate, reverse, use_mask):
         return call(backend, f_, x_, gate_, h0_, mask, use_gate, reverse, use_mask)
 
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("use_gate,reverse,use_mask", COMBOS)
+def test_gradcheck_cpu(backend, use_gate, reverse, use_mask):
+    assert_gradcheck(backend, "cpu", use_gate, reverse, use_mask)
 
 
 def assert_matches_reference(backend, dtype, device, use_gate, reverse, use_mask, atol):
@@ -169,23 +175,36 @@ def test_bad_shapes_raise(change, message):
 
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
 
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_cuda_source_compiles_for_every_kernel_type(tmp_path):
+    """Without a GPU, nvcc still checks the kernels that cupy compiles at run time: the same
+    template instantiations as its name_expressions, for every supported dtype."""
+    from fairseq_awd.modules.forget_mult_cuda import KERNEL_TYPES, SOURCE
+
+    lines = [SOURCE.read_text()]
+    for t in KERNEL_TYPES.values():
+        lines.append(f"template __global__ void forget_mult_forward<{t}>("
+                     + f"const {t}*, " * 4 + f"{t}*, long long, long long, int);")
+        lines.append(f"template __global__ void forget_mult_backward<{t}>("
+                     + f"const {t}*, " * 6 + f"{t}*, " * 4 + "long long, long long, int);")
+    source = tmp_path / "forget_mult_instances.cu"
+    source.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run(
+        ["nvcc", "-std=c++14", "--cubin", "-arch=sm_80", "-o", str(tmp_path / "k.cubin"),
+         str(source)], capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "k.cubin").stat().st_size > 0
+
+
 needs_cuda = pytest.mark.skipif(not cuda_kernels_available(), reason="needs a GPU and cupy")
 
 
 @needs_cuda
 @pytest.mark.parametrize("use_gate,reverse,use_mask", COMBOS)
 def test_gradcheck_cuda(use_gate, reverse, use_mask):
-    f, x, gate, h0, mask = random_inputs(device="cuda")
-    inputs = (f, x, gate, h0) if use_gate else (f, x, h0)
-
-    def fn(*args):
-        if use_gate:
-            f_, x_, gate_, h0_ = args
-        else:
-            (f_, x_, h0_), gate_ = args, None
-        return call("cuda", f_, x_, gate_, h0_, mask, use_gate, reverse, use_mask)
-
-    assert torch.autograd.gradcheck(fn, inputs)
+    assert_gradcheck("cuda", "cuda", use_gate, reverse, use_mask)
 
 
 @needs_cuda

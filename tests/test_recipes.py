@@ -1,4 +1,5 @@
-"""The paper recipes' command lines are accepted by fairseq and run (2 updates, on CPU)."""
+"""The recipes' command lines (scripts/recipes/awd.sh) are accepted by fairseq and run:
+2 updates of the paper-sized models on CPU, then eval-lm on valid and test."""
 
 import os
 import subprocess
@@ -8,31 +9,65 @@ from pathlib import Path
 import pytest
 from fairseq_cli_helpers import REPO, binarize, one_thread_env, real_text_lines
 
+AWD_LSTM = ("'decoder_embed_dim': 400, 'decoder_hidden_size': 1150, 'decoder_layers': 3, "
+            "'decoder_out_embed_dim': None, 'untie_weights': False, ")
+AWD_QRNN = ("'decoder_embed_dim': 400, 'decoder_hidden_size': 1550, 'decoder_layers': 4, "
+            "'decoder_out_embed_dim': None, 'untie_weights': False, ")
+# recipe -> (extra options for tiny data, fragments of the configuration fairseq prints)
+RECIPES = {
+    "lstm-ptb": ([], [
+        "'_name': 'awd_lstm_lm', " + AWD_LSTM + "'dropout': 0.4, 'dropouth': 0.25, "
+        "'dropouti': 0.4, 'dropoute': 0.1, 'wdrop': 0.5", "'clip_norm': 0.25", "'seed': 141"]),
+    "lstm-wikitext-2": (["--batch-size", "8"], [
+        "'_name': 'awd_lstm_lm_wt2', " + AWD_LSTM + "'dropout': 0.4, 'dropouth': 0.2, "
+        "'dropouti': 0.65, 'dropoute': 0.1, 'wdrop': 0.5", "'seed': 1882"]),
+    "qrnn-ptb": ([], [
+        "'_name': 'awd_qrnn_lm', " + AWD_QRNN + "'dropout': 0.4, 'dropouth': 0.3, "
+        "'dropouti': 0.4, 'dropoute': 0.1, 'wdrop': 0.1", "'qrnn_window': 2",
+        "'clip_norm': 0.2", "'seed': 9001"]),
+    "qrnn-wikitext-2": (["--batch-size", "8"], [
+        "'_name': 'awd_qrnn_lm_wt2', " + AWD_QRNN + "'dropout': 0.4, 'dropouth': 0.2, "
+        "'dropouti': 0.4, 'dropoute': 0.1, 'wdrop': 0.1", "'clip_norm': 0.25", "'seed': 4002"]),
+    # the paper-sized WikiText-103 model does not fit tiny data: options after the recipe's
+    # override them
+    "qrnn-wikitext-103": ([
+        "--decoder-embed-dim", "24", "--decoder-hidden-size", "40", "--decoder-layers", "2",
+        "--adaptive-softmax-cutoff", "40,150,600", "--batch-size", "8", "--bptt", "12"], [
+        "'_name': 'awd_qrnn_lm_wt103'", "'dropout': 0.1, 'dropouth': 0.1, 'dropouti': 0.1, "
+        "'dropoute': 0.0, 'wdrop': 0.0, 'adaptive_softmax_cutoff': '40,150,600'",
+        "'_name': 'adam'", "'when': [12]", "TiedAdaptiveSoftmax(vocab_size="]),
+}
 
-@pytest.mark.parametrize("corpus", ["ptb", "wikitext-2"])
-def test_recipe_runs_and_evaluates(corpus, tmp_path):
-    data = binarize(tmp_path / "bin", {"train": real_text_lines("train", 300),
-                                       "valid": real_text_lines("valid", 60),
-                                       "test": real_text_lines("test", 10)})
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return binarize(tmp_path_factory.mktemp("recipes") / "bin", {
+        "train": real_text_lines("train", 300), "valid": real_text_lines("valid", 60),
+        "test": real_text_lines("test", 10)})
+
+
+def run_recipe(recipe, data, save_dir, options):
     env = one_thread_env()
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
-    batch = ["--batch-size", "8"] if corpus == "wikitext-2" else []  # tiny data: 80 streams
-    proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "recipes" / "awd_lstm.sh"), corpus, str(data),
-         str(tmp_path / "ckpt"), "--max-update", "2", "--cpu", "--no-progress-bar", *batch],
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "recipes" / "awd.sh"), recipe, str(data), str(save_dir),
+         *options, "--max-update", "2", "--cpu", "--no-progress-bar"],
         capture_output=True, text=True, env=env, timeout=900,
     )
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_runs_and_evaluates(recipe, data, tmp_path):
+    options, fragments = RECIPES[recipe]
+    proc = run_recipe(recipe, data, tmp_path / "ckpt", options)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     output = proc.stdout + proc.stderr
     assert output.count("Perplexity:") == 2
-    # the paper's setting: PTB from the command line, WikiText-2 from its architecture
-    expected = {
-        "ptb": "'_name': 'awd_lstm_lm', 'decoder_embed_dim': 400, 'decoder_hidden_size': 1150, "
-               "'decoder_layers': 3, 'decoder_out_embed_dim': None, 'untie_weights': False, "
-               "'dropout': 0.4, 'dropouth': 0.25, 'dropouti': 0.4, 'dropoute': 0.1, 'wdrop': 0.5",
-        "wikitext-2": "'_name': 'awd_lstm_lm_wt2', 'decoder_embed_dim': 400, "
-                      "'decoder_hidden_size': 1150, 'decoder_layers': 3, "
-                      "'decoder_out_embed_dim': None, 'untie_weights': False, 'dropout': 0.4, "
-                      "'dropouth': 0.2, 'dropouti': 0.65, 'dropoute': 0.1, 'wdrop': 0.5",
-    }[corpus]
-    assert expected in output
+    for fragment in fragments:
+        assert fragment in output
+
+
+def test_unknown_recipe(data, tmp_path):
+    proc = run_recipe("gru-ptb", data, tmp_path, [])
+    assert proc.returncode == 1
+    assert "unknown recipe 'gru-ptb'" in proc.stderr

@@ -1,9 +1,10 @@
-// Fused ForgetMult on the CPU: one pass over time per column, columns split across
-// threads. h_t = g_t * x_t + (1 - f_t) * h_{t-1}, with g = f unless an input gate is
-// given. Tensors are contiguous (T, N); an undefined `i` means g = f.
+// Fused ForgetMult on the CPU: one pass over time, columns split across threads.
+//   h_t = g_t * x_t + (1 - f_t) * h_{t-1},   g = f unless an input gate `i` is given.
+// Tensors are contiguous (T, N).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -11,17 +12,23 @@ namespace {
 
 constexpr int64_t kGrain = 1024;
 
+// Each thread owns a block of columns and walks time in the outer loop, so that the inner
+// loop reads contiguous memory and vectorizes; the block's running state lives in `state`.
 template <typename scalar_t>
 void forward_kernel(const scalar_t* f, const scalar_t* x, const scalar_t* i, const scalar_t* h0,
                     scalar_t* h, int64_t T, int64_t N, bool reverse) {
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      scalar_t state = h0[n];
-      for (int64_t s = 0; s < T; ++s) {
-        const int64_t k = (reverse ? T - 1 - s : s) * N + n;
-        const scalar_t g = i ? i[k] : f[k];
-        state = g * x[k] + (scalar_t(1) - f[k]) * state;
-        h[k] = state;
+    std::vector<scalar_t> state(h0 + begin, h0 + end);
+    const int64_t width = end - begin;
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t offset = (reverse ? T - 1 - s : s) * N + begin;
+      const scalar_t* ft = f + offset;
+      const scalar_t* xt = x + offset;
+      const scalar_t* gt = i ? i + offset : ft;
+      scalar_t* ht = h + offset;
+      for (int64_t n = 0; n < width; ++n) {
+        state[n] = gt[n] * xt[n] + (scalar_t(1) - ft[n]) * state[n];
+        ht[n] = state[n];
       }
     }
   });
@@ -33,26 +40,38 @@ void backward_kernel(const scalar_t* f, const scalar_t* x, const scalar_t* i, co
                      scalar_t* grad_x, scalar_t* grad_i, scalar_t* grad_h0, int64_t T, int64_t N,
                      bool reverse) {
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      scalar_t carry = 0;  // dLoss/dh_t, accumulated from later steps
-      for (int64_t s = T - 1; s >= 0; --s) {
-        const int64_t t = reverse ? T - 1 - s : s;
-        const int64_t k = t * N + n;
-        const int64_t prev = reverse ? t + 1 : t - 1;
-        const scalar_t h_prev = s == 0 ? h0[n] : h[prev * N + n];
-        carry += grad_h[k];
-        if (i) {
-          grad_x[k] = carry * i[k];
-          grad_i[k] = carry * x[k];
-          grad_f[k] = -carry * h_prev;
-        } else {
-          grad_x[k] = carry * f[k];
-          grad_f[k] = carry * (x[k] - h_prev);
+    const int64_t width = end - begin;
+    std::vector<scalar_t> carry(width, scalar_t(0));  // dLoss/dh_t, from later steps
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = reverse ? T - 1 - s : s;
+      const int64_t offset = t * N + begin;
+      // h_{t-1} in processing order: h0 at the first step
+      const scalar_t* prev = s == 0 ? h0 + begin : h + (reverse ? t + 1 : t - 1) * N + begin;
+      const scalar_t* ft = f + offset;
+      const scalar_t* xt = x + offset;
+      const scalar_t* dh = grad_h + offset;
+      scalar_t* df = grad_f + offset;
+      scalar_t* dx = grad_x + offset;
+      if (i) {
+        const scalar_t* it = i + offset;
+        scalar_t* di = grad_i + offset;
+        for (int64_t n = 0; n < width; ++n) {
+          const scalar_t c = carry[n] + dh[n];
+          dx[n] = c * it[n];
+          di[n] = c * xt[n];
+          df[n] = -c * prev[n];
+          carry[n] = c * (scalar_t(1) - ft[n]);
         }
-        carry *= scalar_t(1) - f[k];
+      } else {
+        for (int64_t n = 0; n < width; ++n) {
+          const scalar_t c = carry[n] + dh[n];
+          dx[n] = c * ft[n];
+          df[n] = c * (xt[n] - prev[n]);
+          carry[n] = c * (scalar_t(1) - ft[n]);
+        }
       }
-      grad_h0[n] = carry;
     }
+    std::copy(carry.begin(), carry.end(), grad_h0 + begin);
   });
 }
 
