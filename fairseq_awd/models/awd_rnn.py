@@ -83,10 +83,13 @@ def parse_adaptive_softmax_cutoff(value: Optional[str], vocab_size: int) -> Opti
     fix = (f"give comma-separated word ids below {vocab_size} (dict.txt plus fairseq's special "
            "symbols) such as 2800,20000,76000, or an empty value for the full softmax")
     try:
-        return check_cutoffs([int(part) for part in str(value).split(",")], vocab_size)
+        cutoffs = [int(part) for part in str(value).split(",")]
+    except ValueError:
+        raise FairseqAWDError(f"--adaptive-softmax-cutoff: comma-separated integers expected, "
+                              f"got '{value}'; {fix}") from None
+    try:
+        return check_cutoffs(cutoffs, vocab_size)
     except ValueError as err:
-        if "invalid literal" in str(err):
-            err = f"comma-separated integers expected, got '{value}'"
         raise FairseqAWDError(f"--adaptive-softmax-cutoff: {err}; {fix}") from None
 
 
@@ -115,6 +118,7 @@ class AWDRNNDecoder(FairseqIncrementalDecoder):
     ``output, state = layer(input, state)`` with ``state`` a pair of ``(1, B, size)``
     tensors or None. Tokens come in batch-major ``(B, T)``; the layers run time-major
     ``(T, B, C)``.
+
     ``forward`` returns ``(logits (B, T, V), extra)`` where ``extra`` holds the last
     layer's output before (``raw_output``) and after (``dropped_output``) its locked
     dropout, both ``(T, B, C)``, for the AR and TAR regularizers.

@@ -16,6 +16,7 @@ import warnings
 from typing import Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 
 BACKENDS = ("auto", "cuda", "cpu", "reference")
 
@@ -139,6 +140,7 @@ class _ForgetMultFunction(torch.autograd.Function):
         return h.view(x.shape)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_h):
         f, x, input_gate, h0, h = ctx.saved_tensors
         grad_h = grad_h.contiguous().view(h.shape)
