@@ -23,6 +23,7 @@ setup(
     package_data={"fairseq_awd": ["csrc/*.cu", "csrc/*.cpp"]},
     ext_modules=[forget_mult_cpu],
     cmdclass={"build_ext": BuildExtension},
+    entry_points={"console_scripts": ["fairseq-awd-rescore = fairseq_awd.rescoring.cli:main"]},
     install_requires=[
         # No torch pin: CPU and CUDA users install the build they need first.
         "torch>=2.1",

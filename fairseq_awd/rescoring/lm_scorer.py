@@ -1,0 +1,100 @@
+"""Batched sentence log-probabilities from a fairseq language model (no state carried).
+
+Each sentence is scored as fairseq's hub ``score`` does, from a leading ``</s>`` (BOS) and
+a zero initial state, plus the log-probability of the closing ``</s>`` (which the hub's
+``score`` leaves out; ``include_eos=False`` gives exactly its sum). Sentences are sorted by
+length, padded on the right and run ``batch_size`` at a time; a unidirectional LM's
+outputs at real positions do not depend on the padding after them, and the padded
+positions are masked out of the sums.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+from fairseq.hub_utils import GeneratorHubInterface
+
+from fairseq_awd.errors import FairseqAWDError
+
+
+@dataclass
+class LMScore:
+    """The LM's view of one sentence: natural-log probability and token counts."""
+
+    logprob: float  # sum over the tokens (and </s> if included), natural log
+    num_tokens: int  # tokens scored, </s> included if it was
+    num_unk: int  # tokens the dictionary maps to <unk>
+
+
+def load_lm(checkpoint: str, data: str, cpu: bool = False) -> GeneratorHubInterface:
+    """Load ``checkpoint`` with the dictionary of ``data`` as a hub interface in eval mode.
+
+    A checkpoint trained with another dictionary is refused (FairseqAWDError) by the AWD
+    models' dictionary fingerprint check.
+    """
+    from fairseq_awd.hub import from_pretrained
+
+    if not os.path.isfile(checkpoint):
+        raise FairseqAWDError(f"--lm: no checkpoint at {checkpoint}")
+    if not os.path.isfile(os.path.join(data, "dict.txt")):
+        raise FairseqAWDError(f"--lm-data: no dict.txt in {data}: give the binarized data "
+                              "directory the LM was trained on")
+    hub = from_pretrained(os.path.dirname(os.path.abspath(checkpoint)), data,
+                          checkpoint_file=os.path.basename(checkpoint))
+    hub.eval()
+    if not cpu and torch.cuda.is_available():
+        hub.cuda()
+    return hub
+
+
+class LMScorer:
+    """Scores space-separated sentences with the model(s) of a fairseq hub interface."""
+
+    def __init__(self, hub: GeneratorHubInterface, batch_size: int = 64):
+        if batch_size < 1:
+            raise FairseqAWDError(f"--batch-size must be positive, got {batch_size}")
+        self.hub = hub
+        self.model = hub.models[0]
+        self.dictionary = hub.task.target_dictionary
+        self.batch_size = batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Dictionary ids of ``text``'s space-separated symbols, without ``</s>``."""
+        return self.dictionary.encode_line(text, add_if_not_exist=False,
+                                           append_eos=False).long()
+
+    @torch.no_grad()
+    def score(self, sentences: Sequence[str], include_eos: bool = True) -> List[LMScore]:
+        """One LMScore per sentence, in the order given."""
+        tokens = [self.encode(s) for s in sentences]
+        results: List[Optional[LMScore]] = [None] * len(tokens)
+        order = sorted(range(len(tokens)), key=lambda i: -tokens[i].numel())
+        eos, pad, unk = self.dictionary.eos(), self.dictionary.pad(), self.dictionary.unk()
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            width = tokens[batch[0]].numel() + 1
+            src = torch.full((len(batch), width), pad, dtype=torch.long)
+            tgt = torch.full((len(batch), width), pad, dtype=torch.long)
+            for row, i in enumerate(batch):
+                n = tokens[i].numel()
+                src[row, 0] = eos
+                src[row, 1:n + 1] = tokens[i]
+                tgt[row, :n] = tokens[i]
+                if include_eos:
+                    tgt[row, n] = eos
+            lengths = torch.tensor([tokens[i].numel() + 1 for i in batch])
+            src, tgt = src.to(self.device), tgt.to(self.device)
+            net_output = self.model(src, src_lengths=lengths.to(self.device))
+            lprobs = self.model.get_normalized_probs(net_output, log_probs=True)
+            gathered = lprobs.float().gather(2, tgt.unsqueeze(-1)).squeeze(-1)
+            gathered = gathered.masked_fill(tgt.eq(pad), 0.0).sum(1).double().cpu()
+            counts = tgt.ne(pad).sum(1).cpu()
+            for row, i in enumerate(batch):
+                results[i] = LMScore(float(gathered[row]), int(counts[row]),
+                                     int(tokens[i].eq(unk).sum()))
+        return results  # type: ignore[return-value]

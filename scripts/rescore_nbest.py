@@ -1,0 +1,5 @@
+"""Rerank fairseq-generate --nbest output with a language model (``fairseq-awd-rescore``)."""
+from fairseq_awd.rescoring.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,365 @@
+"""N-best reranking (``fairseq-awd-rescore``) on real fairseq-generate output.
+
+A module fixture trains, in seconds, a tiny de->en transformer on 300 Multi30k task-1 pairs
+(Moses-tokenized, subword-nmt BPE) and a tiny AWD-LSTM on task-2 *train* captions (never
+task 2's test_2016, which holds the task-1 test references), then runs
+``fairseq-generate --nbest 4 --beam 4`` on two slices of task-1 val.
+"""
+
+import gzip
+import math
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from fairseq_cli_helpers import (
+    SHARED_DATA,
+    TINY_MODEL,
+    TRAIN_DEFAULTS,
+    USER_DIR,
+    binarize,
+    one_thread_env,
+    run,
+)
+
+MULTI30K = SHARED_DATA / "multi30k"
+pytestmark = pytest.mark.skipif(
+    not (MULTI30K / "task1" / "train.de.gz").exists(),
+    reason="needs Multi30k in ../shared/data/multi30k (real translation data)",
+)
+
+
+def _gz_lines(path: Path, start: int, stop: int):
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [line.rstrip("\n") for i, line in enumerate(f) if start <= i < stop]
+
+
+def _tokenized(lines, lang: str, lowercase: bool = False):
+    from sacremoses import MosesTokenizer
+
+    tok = MosesTokenizer(lang)
+    out = [tok.tokenize(line, escape=False, return_str=True) for line in lines]
+    return [line.lower() for line in out] if lowercase else out
+
+
+def _generate(mt_bin: Path, checkpoint: Path, codes: Path, subset: str, out: Path) -> Path:
+    proc = run("generate", [
+        str(mt_bin), "--user-dir", USER_DIR, "--path", str(checkpoint), "--gen-subset", subset,
+        "--beam", "4", "--nbest", "4", "--batch-size", "8", "--cpu", "--max-len-a", "1.2",
+        "--max-len-b", "5", "--tokenizer", "moses", "--bpe", "subword_nmt",
+        "--bpe-codes", str(codes), "--source-lang", "de", "--target-lang", "en",
+    ])
+    out.write_text(proc.stdout, encoding="utf-8")
+    return out
+
+
+def _split_nbest(path: Path, out: Path, first: int, stop: int) -> Path:
+    """The lines of source ids ``first..stop-1`` of fairseq-generate output, renumbered from 0
+    (one fairseq-generate run gives both the tuning and the test list)."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        tag, _, rest = line.partition("\t")
+        if len(tag) > 2 and tag[1] == "-" and tag[2:].isdigit():
+            if not first <= int(tag[2:]) < stop:
+                continue
+            line = f"{tag[:2]}{int(tag[2:]) - first}\t{rest}"
+        kept.append(line)
+    out.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return out
+
+
+def _translation_model(root: Path, task1: Path):
+    """Tiny de->en transformer on 300 Moses-tokenized, BPE'd pairs; n-best of val 0-39."""
+    from subword_nmt.apply_bpe import BPE
+    from subword_nmt.learn_bpe import learn_bpe
+
+    raw = {"train": ("train", 300), "test": ("val", 40)}
+    text = {(split, lang): _tokenized(_gz_lines(task1 / f"{name}.{lang}.gz", 0, n), lang)
+            for split, (name, n) in raw.items() for lang in ("de", "en")}
+    joined = root / "joined.tok"
+    joined.write_text("\n".join(text["train", "de"] + text["train", "en"]) + "\n")
+    codes = root / "codes"
+    with open(joined, encoding="utf-8") as fin, open(codes, "w", encoding="utf-8") as fout:
+        learn_bpe(fin, fout, 300)
+    with open(codes, encoding="utf-8") as f:
+        bpe = BPE(f)
+    raw_dir = root / "mt-raw"
+    raw_dir.mkdir()
+    for (split, lang), lines in text.items():
+        (raw_dir / f"{split}.{lang}").write_text(
+            "".join(bpe.process_line(line) + "\n" for line in lines), encoding="utf-8")
+    mt_bin = root / "mt-bin"
+    run("preprocess", ["--source-lang", "de", "--target-lang", "en", "--joined-dictionary",
+                       "--destdir", str(mt_bin), "--workers", "1",
+                       *[a for s in raw for a in (f"--{s}pref", str(raw_dir / s))]])
+    mt_dir = root / "mt"
+    run("train", [
+        str(mt_bin), "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
+        "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
+        "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
+        "--decoder-attention-heads", "2", "--share-all-embeddings", "--optimizer", "adam",
+        "--lr", "0.005", "--batch-size", "32", "--max-update", "50", "--cpu", "--seed", "1",
+        "--save-dir", str(mt_dir), "--save-interval", "1000", "--disable-validation",
+        "--no-progress-bar", "--log-interval", "1000",
+    ])
+    nbest = _generate(mt_bin, mt_dir / "checkpoint_last.pt", codes, "test", root / "all.nbest")
+    return nbest, text["test", "de"]
+
+
+def _language_model(root: Path, task2: Path):
+    """Tiny AWD-LSTM on 2,000 lowercased, Moses-tokenized task-2 *train* captions (task 2's
+    test_2016 captions contain the task-1 test references: never train or tune on them)."""
+    train = [line for i in range(1, 6) for line in _gz_lines(task2 / f"train.{i}.en.gz", 0, 400)]
+    valid = _gz_lines(task2 / "val.1.en.gz", 0, 100)
+    lm_data = binarize(root / "lm-bin", {
+        "train": [line + "\n" for line in _tokenized(train, "en", lowercase=True)],
+        "valid": [line + "\n" for line in _tokenized(valid, "en", lowercase=True)],
+    })
+    lm_dir = root / "lm"
+    run("train", [str(lm_data), *TRAIN_DEFAULTS, *TINY_MODEL, "--save-dir", str(lm_dir),
+                  "--batch-size", "20", "--bptt", "20", "--max-epoch", "3",
+                  "--no-epoch-checkpoints", "--dropout", "0.1", "--dropouth", "0.1",
+                  "--dropouti", "0.1", "--wdrop", "0.1"])
+    return lm_dir / "checkpoint_best.pt", lm_data
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rescore")
+    with ThreadPoolExecutor(2) as pool:  # two single-threaded chains of fairseq commands
+        mt = pool.submit(_translation_model, root, MULTI30K / "task1")
+        lm = pool.submit(_language_model, root, MULTI30K / "task2")
+        (both, german), (lm_checkpoint, lm_data) = mt.result(), lm.result()
+    refs = _gz_lines(MULTI30K / "task1" / "val.en.gz", 0, 40)
+    nbest, ref_files = {}, {}
+    for split, first in (("valid", 0), ("test", 20)):  # val 0-19 to tune, 20-39 to test
+        nbest[split] = _split_nbest(both, root / f"{split}.nbest", first, first + 20)
+        ref_files[split] = root / f"{split}.ref"
+        ref_files[split].write_text("".join(line + "\n" for line in refs[first:first + 20]),
+                                    encoding="utf-8")
+    return {"root": root, "nbest": nbest, "refs": ref_files, "lm": lm_checkpoint,
+            "lm_data": lm_data, "german": german}
+
+
+@pytest.fixture(scope="module")
+def lm_scorer(setup):
+    from fairseq_awd.rescoring.lm_scorer import LMScorer, load_lm
+
+    return LMScorer(load_lm(str(setup["lm"]), str(setup["lm_data"]), cpu=True), batch_size=5)
+
+
+def _lm_args(setup, *extra):
+    return ["--lm", str(setup["lm"]), "--lm-data", str(setup["lm_data"]), "--lm-lowercase",
+            "--cpu", *extra]
+
+
+def _write_nbest(path: Path, entries) -> Path:
+    """``entries``: (id, score, text) in file order -> H- and D- lines as fairseq prints."""
+    lines = [f"{kind}-{i}\t{score}\t{text}\n" for i, score, text in entries for kind in "HD"]
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+def test_parser_reads_real_generate_output(setup):
+    from fairseq_awd.rescoring import parse_nbest
+
+    path = setup["nbest"]["test"]
+    lists = parse_nbest(str(path))
+    assert [n.id for n in lists] == list(range(20))
+    printed = [int(line.split("\t")[0][2:]) for line in path.read_text().splitlines()
+               if line.startswith("S-")]
+    assert printed != sorted(printed)  # fairseq-generate prints ids out of order
+    h_lines = [line.split("\t") for line in path.read_text().splitlines()
+               if line.startswith("H-")]
+    assert sum(len(n.hypotheses) for n in lists) == len(h_lines)
+    for nbest in lists:
+        assert 1 <= len(nbest.hypotheses) <= 4 and nbest.source and nbest.target is not None
+        scores = [h.score for h in nbest.hypotheses]
+        assert scores == sorted(scores, reverse=True)
+        for hyp in nbest.hypotheses:
+            assert len(hyp.positional_scores) == len(hyp.h_text.split()) + 1
+            assert hyp.d_text is not None and math.isfinite(hyp.score)
+    first = lists[int(h_lines[0][0][2:])].hypotheses[0]
+    assert first.score == float(h_lines[0][1]) and first.h_text == h_lines[0][2]
+
+
+def test_bpe_removal_and_detokenization_round_trip(setup):
+    from fairseq_awd.rescoring import parse_nbest
+    from fairseq_awd.rescoring.text import TextPipeline, remove_bpe
+
+    pipeline = TextPipeline("en", bpe_removal=True, detokenize=True)
+    hyps = [h for n in parse_nbest(str(setup["nbest"]["test"])) for h in n.hypotheses]
+    assert any("@@ " in h.h_text for h in hyps)
+    for hyp in hyps:
+        assert pipeline.output_text(hyp.h_text) == hyp.d_text  # what fairseq's decode gives
+        assert pipeline.lm_words(hyp.d_text) == remove_bpe(hyp.h_text)  # re-tokenized
+    assert remove_bpe("a dog@@ gy runs@@") == "a doggy runs"
+
+
+def test_batched_scores_equal_hub_scores(setup, lm_scorer):
+    sentences = ["a man in a blue shirt is standing on a ladder .", "a dog", "",
+                 "two young children are playing in the sand near the water .", "people ."] * 2
+    batched = lm_scorer.score(sentences, include_eos=False)
+    with_eos = lm_scorer.score(sentences)
+    hub, model = lm_scorer.hub, lm_scorer.model
+    eos = hub.task.dictionary.eos()
+    for sentence, no_eos, full in zip(sentences, batched, with_eos):
+        words = lm_scorer.encode(sentence)
+        expected = float(hub.score(sentence)["positional_scores"].sum()) if words.numel() else 0.0
+        assert abs(no_eos.logprob - expected) < 1e-5
+        with torch.no_grad():
+            logits, _ = model(torch.cat([words.new([eos]), words]).unsqueeze(0))
+            eos_lp = float(torch.log_softmax(logits[0, -1], -1)[eos])
+        assert abs(full.logprob - (expected + eos_lp)) < 1e-5
+        assert full.num_tokens == words.numel() + 1 and no_eos.num_unk == 0
+
+
+def test_lm_weight_zero_reproduces_first_best(setup, tmp_path):
+    from fairseq_awd.rescoring import parse_nbest
+    from fairseq_awd.rescoring.cli import main
+
+    out = tmp_path / "out.en"
+    main(["--nbest", str(setup["nbest"]["test"]), "--output", str(out), "--lm-weight", "0",
+          *_lm_args(setup)])
+    lists = parse_nbest(str(setup["nbest"]["test"]))
+    assert out.read_text().splitlines() == [n.hypotheses[0].d_text for n in lists]
+
+
+def test_tuned_rescoring_through_the_console_command(setup, tmp_path):
+    out = tmp_path / "reranked.en"
+    command = Path(sys.executable).parent / "fairseq-awd-rescore"
+    proc = subprocess.run(
+        [str(command), "--nbest", str(setup["nbest"]["test"]),
+         "--ref", str(setup["refs"]["test"]), "--tune-nbest", str(setup["nbest"]["valid"]),
+         "--tune-ref", str(setup["refs"]["valid"]), "--output", str(out),
+         "--lm-weight-grid", "0:1:0.25", "--length-weight-grid=-0.5:0.5:0.5",
+         *_lm_args(setup)],
+        capture_output=True, text=True, env=one_thread_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tuned on" in proc.stdout and "BLEU translation 1-best" in proc.stdout
+    assert "BLEU reranked" in proc.stdout
+    assert len(out.read_text().splitlines()) == 20
+
+
+def test_a_hypothesis_the_lm_prefers_moves_up(setup, lm_scorer, tmp_path):
+    from fairseq_awd.rescoring.cli import main
+
+    fluent = "A man is riding a bike on the street."
+    scrambled = "street the bike a man on riding is A."
+    lp = [s.logprob for s in lm_scorer.score([fluent.lower()[:-1] + " .",
+                                              scrambled.lower()[:-1] + " ."])]
+    assert lp[0] > lp[1] + 5  # the LM prefers the fluent sentence strongly
+    nbest = _write_nbest(tmp_path / "nbest", [(0, -0.5, scrambled), (0, -0.6, fluent),
+                                              (1, -0.4, fluent), (1, -0.9, scrambled)])
+    for weight, expected in (("0", [scrambled, fluent]), ("1", [fluent, fluent])):
+        out = tmp_path / f"out{weight}"
+        main(["--nbest", str(nbest), "--output", str(out), "--lm-weight", weight,
+              *_lm_args(setup)])
+        assert out.read_text().splitlines() == expected
+
+
+def test_rerank_and_tuning_on_features():
+    from fairseq_awd.rescoring.rerank import Features, corpus_bleu, rerank, tune_weights
+
+    refs = [["a dog runs .", "the cat sleeps ."]]
+    hyps = [["dog a runs .", "a dog runs ."], ["the cat sleeps ."]]  # partial second list
+    feats = Features.from_lists([[-1.0, -1.2], [-2.0]], [[-20.0, -5.0], [-3.0]], [[4, 4], [4]])
+    assert rerank(feats, 0.0, 0.0) == [0, 0] and rerank(feats, 0.1, 0.0) == [1, 0]
+    lam, mu, bleu = tune_weights(feats, hyps, refs, [0.0, 0.1, 1.0], [-0.1, 0.0, 0.1])
+    assert (lam, mu) == (0.1, 0.0)  # smallest |lambda|, then |mu|, among the best
+    assert bleu == pytest.approx(corpus_bleu(["a dog runs .", "the cat sleeps ."], refs))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "no S-/T-/H-/D-/P- lines"),
+    ("H-0\t-0.5\n", ":1: H- line: expected H-ID<tab>SCORE<tab>TEXT"),
+    ("H-0\ta dog\n", ":1: H- line: expected H-ID<tab>SCORE<tab>TEXT"),
+    ("S-0\tx\nH-0\tabc\ta dog\n", ":2: H- line: score 'abc' is not a number"),
+    ("H-0\t-0.5\ta dog\nP-0\t-0.1 -0.2\n", ":2: P- line has 2 scores but its H- line"),
+    ("H-0\t-0.5\ta dog\nP-0\t-0.1 x -0.3\n", ":2: P- line: score 'x' is not a number"),
+    ("D-0\t-0.5\ta dog\n", ":1: D- line for id 0 without its H- line"),
+    ("S-0\tx\nH-0\t-1\ta\nS-1\ty\n", ":3: source id 1 has no hypotheses"),
+    ("H-0\t-1\ta\nH-2\t-1\tb\n", "1 source ids have no hypotheses: 1"),
+    ("H-x\t-1\ta\n", ":1: H- line: id 'x' is not a number"),
+])
+def test_malformed_lists_are_refused(tmp_path, content, message):
+    from fairseq_awd import FairseqAWDError
+    from fairseq_awd.rescoring import parse_nbest
+
+    path = tmp_path / "bad.nbest"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(FairseqAWDError) as err:
+        parse_nbest(str(path))
+    assert message in str(err.value)
+
+
+def test_partial_lists_are_reranked(setup, tmp_path):
+    from fairseq_awd.rescoring.cli import main
+
+    lines = setup["nbest"]["test"].read_text().splitlines()
+    kept, seen = [], {}
+    for line in lines:  # keep one hypothesis of even ids, all of the odd ones
+        if line[:2] in ("H-", "D-", "P-"):
+            sid = int(line.split("\t")[0][2:])
+            seen[sid] = seen.get(sid, 0) + (line.startswith("H-"))
+            if sid % 2 == 0 and seen[sid] > 1:
+                continue
+        kept.append(line)
+    partial = tmp_path / "partial.nbest"
+    partial.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    main(["--nbest", str(partial), "--output", str(out), "--lm-weight", "0.5",
+          "--length-weight", "0.1", *_lm_args(setup)])
+    assert len(out.read_text().splitlines()) == 20
+
+
+def test_bad_input_through_the_command_line_writes_nothing(setup, tmp_path):
+    bad = tmp_path / "bad.nbest"
+    bad.write_text("S-0\tein Hund\nH-0\t-0.5\n", encoding="utf-8")
+    out = tmp_path / "out.en"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "rescore_nbest.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--nbest", str(bad), "--output", str(out),
+         "--lm-weight", "1", *_lm_args(setup)],
+        capture_output=True, text=True, env=one_thread_env(), timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("fairseq_awd: error:")]
+    assert len(errors) == 1 and f"{bad}:2: H- line: expected" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == [bad]
+
+
+def test_vocabulary_mismatch_is_refused(setup, tmp_path):
+    from fairseq_awd import FairseqAWDError
+    from fairseq_awd.rescoring.cli import main
+
+    german = _write_nbest(tmp_path / "de.nbest",
+                          [(i, -0.5, line) for i, line in enumerate(setup["german"][:5])])
+    out = tmp_path / "out"
+    with pytest.raises(FairseqAWDError, match=r"vocabulary mismatch: \d+ of \d+ LM tokens "
+                       r".*--max-unk-rate is 0.2.*--lm-lowercase"):
+        main(["--nbest", str(german), "--output", str(out), "--lm-weight", "1",
+              *_lm_args(setup)])
+    # cased text for a lowercased LM: few unknown words, refused only with --strict
+    cased = _write_nbest(tmp_path / "cased.nbest", [(0, -0.5, "A Dog runs.")])
+    args = ["--nbest", str(cased), "--output", str(out), "--lm-weight", "1",
+            "--lm", str(setup["lm"]), "--lm-data", str(setup["lm_data"]), "--cpu"]
+    with pytest.raises(FairseqAWDError, match="--strict allows none.*'A', 'Dog'"):
+        main([*args, "--strict"])
+    assert not out.exists()
+
+
+def test_lm_with_another_dictionary_is_refused(setup, tmp_path):
+    from fairseq_awd import FairseqAWDError
+    from fairseq_awd.rescoring.lm_scorer import load_lm
+
+    lines = (setup["lm_data"] / "dict.txt").read_text().splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    other = tmp_path / "other-data"
+    other.mkdir()
+    (other / "dict.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(FairseqAWDError, match="different dictionary"):
+        load_lm(str(setup["lm"]), str(other), cpu=True)
