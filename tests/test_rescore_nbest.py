@@ -6,7 +6,6 @@ task 2's test_2016, which holds the task-1 test references), then runs
 ``fairseq-generate --nbest 4 --beam 4`` on two slices of task-1 val.
 """
 
-import gzip
 import math
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from fairseq_cli_helpers import (
-    SHARED_DATA,
     TINY_MODEL,
     TRAIN_DEFAULTS,
     USER_DIR,
@@ -24,25 +22,16 @@ from fairseq_cli_helpers import (
     one_thread_env,
     run,
 )
-
-MULTI30K = SHARED_DATA / "multi30k"
-pytestmark = pytest.mark.skipif(
-    not (MULTI30K / "task1" / "train.de.gz").exists(),
-    reason="needs Multi30k in ../shared/data/multi30k (real translation data)",
+from mt_fixtures import (
+    HAS_MULTI30K,
+    MULTI30K,
+    SKIP_REASON,
+    gz_lines,
+    tokenized,
+    train_translation_model,
 )
 
-
-def _gz_lines(path: Path, start: int, stop: int):
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n") for i, line in enumerate(f) if start <= i < stop]
-
-
-def _tokenized(lines, lang: str, lowercase: bool = False):
-    from sacremoses import MosesTokenizer
-
-    tok = MosesTokenizer(lang)
-    out = [tok.tokenize(line, escape=False, return_str=True) for line in lines]
-    return [line.lower() for line in out] if lowercase else out
+pytestmark = pytest.mark.skipif(not HAS_MULTI30K, reason=SKIP_REASON)
 
 
 def _generate(mt_bin: Path, checkpoint: Path, codes: Path, subset: str, out: Path) -> Path:
@@ -71,52 +60,21 @@ def _split_nbest(path: Path, out: Path, first: int, stop: int) -> Path:
     return out
 
 
-def _translation_model(root: Path, task1: Path):
-    """Tiny de->en transformer on 300 Moses-tokenized, BPE'd pairs; n-best of val 0-39."""
-    from subword_nmt.apply_bpe import BPE
-    from subword_nmt.learn_bpe import learn_bpe
-
-    raw = {"train": ("train", 300), "test": ("val", 40)}
-    text = {(split, lang): _tokenized(_gz_lines(task1 / f"{name}.{lang}.gz", 0, n), lang)
-            for split, (name, n) in raw.items() for lang in ("de", "en")}
-    joined = root / "joined.tok"
-    joined.write_text("\n".join(text["train", "de"] + text["train", "en"]) + "\n")
-    codes = root / "codes"
-    with open(joined, encoding="utf-8") as fin, open(codes, "w", encoding="utf-8") as fout:
-        learn_bpe(fin, fout, 300)
-    with open(codes, encoding="utf-8") as f:
-        bpe = BPE(f)
-    raw_dir = root / "mt-raw"
-    raw_dir.mkdir()
-    for (split, lang), lines in text.items():
-        (raw_dir / f"{split}.{lang}").write_text(
-            "".join(bpe.process_line(line) + "\n" for line in lines), encoding="utf-8")
-    mt_bin = root / "mt-bin"
-    run("preprocess", ["--source-lang", "de", "--target-lang", "en", "--joined-dictionary",
-                       "--destdir", str(mt_bin), "--workers", "1",
-                       *[a for s in raw for a in (f"--{s}pref", str(raw_dir / s))]])
-    mt_dir = root / "mt"
-    run("train", [
-        str(mt_bin), "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
-        "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
-        "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
-        "--decoder-attention-heads", "2", "--share-all-embeddings", "--optimizer", "adam",
-        "--lr", "0.005", "--batch-size", "32", "--max-update", "50", "--cpu", "--seed", "1",
-        "--save-dir", str(mt_dir), "--save-interval", "1000", "--disable-validation",
-        "--no-progress-bar", "--log-interval", "1000",
-    ])
-    nbest = _generate(mt_bin, mt_dir / "checkpoint_last.pt", codes, "test", root / "all.nbest")
-    return nbest, text["test", "de"]
+def _translation_model(root: Path):
+    """The shared tiny de->en transformer; n-best of val 0-39."""
+    mt = train_translation_model(root)
+    nbest = _generate(mt.data, mt.checkpoint, mt.codes, "test", root / "all.nbest")
+    return nbest, mt.test_source
 
 
 def _language_model(root: Path, task2: Path):
     """Tiny AWD-LSTM on 2,000 lowercased, Moses-tokenized task-2 *train* captions (task 2's
     test_2016 captions contain the task-1 test references: never train or tune on them)."""
-    train = [line for i in range(1, 6) for line in _gz_lines(task2 / f"train.{i}.en.gz", 0, 400)]
-    valid = _gz_lines(task2 / "val.1.en.gz", 0, 100)
+    train = [line for i in range(1, 6) for line in gz_lines(task2 / f"train.{i}.en.gz", 0, 400)]
+    valid = gz_lines(task2 / "val.1.en.gz", 0, 100)
     lm_data = binarize(root / "lm-bin", {
-        "train": [line + "\n" for line in _tokenized(train, "en", lowercase=True)],
-        "valid": [line + "\n" for line in _tokenized(valid, "en", lowercase=True)],
+        "train": [line + "\n" for line in tokenized(train, "en", lowercase=True)],
+        "valid": [line + "\n" for line in tokenized(valid, "en", lowercase=True)],
     })
     lm_dir = root / "lm"
     run("train", [str(lm_data), *TRAIN_DEFAULTS, *TINY_MODEL, "--save-dir", str(lm_dir),
@@ -130,10 +88,10 @@ def _language_model(root: Path, task2: Path):
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("rescore")
     with ThreadPoolExecutor(2) as pool:  # two single-threaded chains of fairseq commands
-        mt = pool.submit(_translation_model, root, MULTI30K / "task1")
+        mt = pool.submit(_translation_model, root)
         lm = pool.submit(_language_model, root, MULTI30K / "task2")
         (both, german), (lm_checkpoint, lm_data) = mt.result(), lm.result()
-    refs = _gz_lines(MULTI30K / "task1" / "val.en.gz", 0, 40)
+    refs = gz_lines(MULTI30K / "task1" / "val.en.gz", 0, 40)
     nbest, ref_files = {}, {}
     for split, first in (("valid", 0), ("test", 20)):  # val 0-19 to tune, 20-39 to test
         nbest[split] = _split_nbest(both, root / f"{split}.nbest", first, first + 20)

@@ -1,1 +1,1 @@
-from . import awd_language_modeling  # noqa: F401  (registers awd_language_modeling)
+from . import awd_language_modeling, translation_lm_fusion  # noqa: F401  (register the tasks)

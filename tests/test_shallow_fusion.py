@@ -1,0 +1,130 @@
+"""Shallow fusion of a translation model with an AWD-LSTM LM in ``fairseq-generate``.
+
+A module fixture trains the tiny de->en transformer of ``mt_fixtures`` and a tiny AWD-LSTM
+on 1,000 other task-1 *train* English sentences, BPE'd with the translation model's codes and
+binarized with ``--srcdict`` = its target dictionary, which is also put as ``dict.txt`` in
+the translation data directory (where fairseq-generate loads the ``--lm-path`` LM's
+dictionary from). The plain route is ``--task translation --lm-path``; the incremental one
+``--task translation_lm_fusion``.
+"""
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+from fairseq_cli_helpers import TINY_MODEL, TRAIN_DEFAULTS, USER_DIR, binarize, run
+from mt_fixtures import (
+    HAS_MULTI30K,
+    MULTI30K,
+    SKIP_REASON,
+    apply_bpe,
+    gz_lines,
+    tokenized,
+    train_translation_model,
+)
+
+pytestmark = pytest.mark.skipif(not HAS_MULTI30K, reason=SKIP_REASON)
+
+Hypotheses = Dict[int, List[Tuple[float, str]]]
+TASKS = ("translation", "translation_lm_fusion")  # plain and incremental fusion
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fusion")
+    mt = train_translation_model(root)
+    task1 = MULTI30K / "task1"
+    lines = {split: apply_bpe(mt.codes, tokenized(gz_lines(task1 / "train.en.gz", a, b), "en"))
+             for split, (a, b) in {"train": (300, 1300), "valid": (1300, 1400)}.items()}
+    lm_data = binarize(root / "lm-bin", {s: [x + "\n" for x in v] for s, v in lines.items()},
+                       srcdict=mt.data / "dict.en.txt")
+    lm_dir = root / "lm"
+    run("train", [str(lm_data), *TRAIN_DEFAULTS, *TINY_MODEL, "--save-dir", str(lm_dir),
+                  "--batch-size", "20", "--bptt", "20", "--max-epoch", "2",
+                  "--no-epoch-checkpoints", "--dropout", "0.1", "--dropouth", "0.1",
+                  "--dropouti", "0.1", "--wdrop", "0.1"])
+    shutil.copy(mt.data / "dict.en.txt", mt.data / "dict.txt")  # the --lm-path LM's dict
+    unfused = _hypotheses(_generate(mt.data, mt.checkpoint).stdout)
+    return {"root": root, "mt": mt, "lm": lm_dir / "checkpoint_best.pt", "unfused": unfused}
+
+
+def _generate(data: Path, checkpoint: Path, *extra: str, check: bool = True):
+    return run("generate", [
+        str(data), "--user-dir", USER_DIR, "--path", str(checkpoint), "--gen-subset", "test",
+        "--beam", "4", "--nbest", "2", "--batch-size", "8", "--cpu", "--max-len-a", "1.2",
+        "--max-len-b", "5", "--source-lang", "de", "--target-lang", "en", *extra,
+    ], check=check)
+
+
+def _generate_both(data: Path, checkpoint: Path, *extra: str, check: bool = True):
+    """The same run with ``--task translation`` and ``--task translation_lm_fusion``, side
+    by side (one thread each)."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda task: _generate(data, checkpoint, "--task", task, *extra,
+                                                    check=check), TASKS))
+
+
+def _hypotheses(stdout: str) -> Hypotheses:
+    """``{source id: [(score, BPE'd hypothesis), ...]}`` from the H- lines."""
+    out: Hypotheses = {}
+    for line in stdout.splitlines():
+        if line.startswith("H-"):
+            tag, score, text = line.split("\t")
+            out.setdefault(int(tag[2:]), []).append((float(score), text))
+    return out
+
+
+def _assert_same(a: Hypotheses, b: Hypotheses, atol: float) -> None:
+    assert a.keys() == b.keys() and len(a) == 40
+    for sid in a:
+        assert [t for _, t in a[sid]] == [t for _, t in b[sid]], sid
+        assert [s for s, _ in a[sid]] == pytest.approx([s for s, _ in b[sid]], abs=atol), sid
+
+
+def test_weight_zero_reproduces_beam_search(setup):
+    mt = setup["mt"]
+    for proc in _generate_both(mt.data, mt.checkpoint, "--lm-path", str(setup["lm"]),
+                               "--lm-weight", "0"):
+        _assert_same(_hypotheses(proc.stdout), setup["unfused"], atol=0.0)
+
+
+def test_incremental_fusion_equals_plain_fusion(setup):
+    mt = setup["mt"]
+    plain, incremental = (_hypotheses(proc.stdout) for proc in _generate_both(
+        mt.data, mt.checkpoint, "--lm-path", str(setup["lm"]), "--lm-weight", "0.5"))
+    _assert_same(incremental, plain, atol=1e-4)
+    unfused = setup["unfused"]
+    assert any(unfused[sid][0] != plain[sid][0] for sid in plain)  # the LM does count
+
+
+def _one_error(proc) -> str:
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("fairseq_awd: error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return errors[0]
+
+
+def test_lm_of_another_dictionary_is_refused(setup, tmp_path):
+    """An LM whose dictionary differs from DATA/dict.txt is refused on loading (both routes);
+    one that matches DATA/dict.txt while the target dictionary differs is refused by the
+    incremental task (the plain route cannot see it)."""
+    mt = setup["mt"]
+    data = tmp_path / "data"
+    shutil.copytree(mt.data, data)
+    symbols = (data / "dict.txt").read_text(encoding="utf-8").splitlines()
+    swapped = [symbols[1], symbols[0], *symbols[2:]]
+    (data / "dict.txt").write_text("\n".join(swapped) + "\n", encoding="utf-8")
+    lm = ["--lm-path", str(setup["lm"]), "--lm-weight", "0.5"]
+    for proc in _generate_both(data, mt.checkpoint, *lm, check=False):
+        error = _one_error(proc)
+        assert "different dictionary" in error and "--srcdict" in error
+    shutil.copy(mt.data / "dict.txt", data / "dict.txt")  # the LM's dictionary again ...
+    for lang in ("de", "en"):  # ... but not the translation model's (joined) one
+        (data / f"dict.{lang}.txt").write_text("\n".join(swapped) + "\n", encoding="utf-8")
+    proc = _generate(data, mt.checkpoint, "--task", "translation_lm_fusion", *lm, check=False)
+    error = _one_error(proc)
+    n = len(symbols) + 4  # fairseq's special symbols
+    assert f"dictionary ({n} types) differs from the target dictionary" in error
+    assert f"{data}/dict.en.txt ({n} types" in error and "--srcdict" in error
