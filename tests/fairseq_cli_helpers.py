@@ -124,3 +124,15 @@ def assert_samples_and_beam_search(data: Path, checkpoint: Path, sampling: List[
     scores = [float(line.split("\t")[1]) for line in proc.stdout.splitlines()
               if line.startswith("H-0")]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+
+
+def assert_one_line_error(proc, *fragments: str) -> str:
+    """A command that failed on bad input: non-zero exit, no traceback, exactly one
+    ``fairseq_awd: error:`` line containing every fragment. Returns that line."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("fairseq_awd: error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

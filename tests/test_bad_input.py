@@ -3,20 +3,14 @@
 import hashlib
 
 import pytest
-from fairseq_cli_helpers import USER_DIR, binarize, real_text_lines, run, train
-
-
-def error_lines(proc):
-    return [line for line in proc.stderr.splitlines() if line.startswith("fairseq_awd: error:")]
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = error_lines(proc)
-    assert len(lines) == 1, proc.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in lines[0]
+from fairseq_cli_helpers import (
+    USER_DIR,
+    assert_one_line_error,
+    binarize,
+    real_text_lines,
+    run,
+    train,
+)
 
 
 def snapshot(directory):

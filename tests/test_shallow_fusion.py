@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
-from fairseq_cli_helpers import TINY_MODEL, TRAIN_DEFAULTS, USER_DIR, binarize, run
+from fairseq_cli_helpers import (
+    TINY_MODEL,
+    TRAIN_DEFAULTS,
+    USER_DIR,
+    assert_one_line_error,
+    binarize,
+    run,
+)
 from mt_fixtures import (
     HAS_MULTI30K,
     MULTI30K,
@@ -99,13 +106,6 @@ def test_incremental_fusion_equals_plain_fusion(setup):
     assert any(unfused[sid][0] != plain[sid][0] for sid in plain)  # the LM does count
 
 
-def _one_error(proc) -> str:
-    assert proc.returncode != 0
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("fairseq_awd: error:")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return errors[0]
-
-
 def test_lm_of_another_dictionary_is_refused(setup, tmp_path):
     """An LM whose dictionary differs from DATA/dict.txt is refused on loading (both routes);
     one that matches DATA/dict.txt while the target dictionary differs is refused by the
@@ -118,13 +118,13 @@ def test_lm_of_another_dictionary_is_refused(setup, tmp_path):
     (data / "dict.txt").write_text("\n".join(swapped) + "\n", encoding="utf-8")
     lm = ["--lm-path", str(setup["lm"]), "--lm-weight", "0.5"]
     for proc in _generate_both(data, mt.checkpoint, *lm, check=False):
-        error = _one_error(proc)
+        error = assert_one_line_error(proc)
         assert "different dictionary" in error and "--srcdict" in error
     shutil.copy(mt.data / "dict.txt", data / "dict.txt")  # the LM's dictionary again ...
     for lang in ("de", "en"):  # ... but not the translation model's (joined) one
         (data / f"dict.{lang}.txt").write_text("\n".join(swapped) + "\n", encoding="utf-8")
     proc = _generate(data, mt.checkpoint, "--task", "translation_lm_fusion", *lm, check=False)
-    error = _one_error(proc)
+    error = assert_one_line_error(proc)
     n = len(symbols) + 4  # fairseq's special symbols
     assert f"dictionary ({n} types) differs from the target dictionary" in error
     assert f"{data}/dict.en.txt ({n} types" in error and "--srcdict" in error

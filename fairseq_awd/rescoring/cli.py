@@ -117,10 +117,11 @@ def hypothesis_texts(lists: List[NBestList], path: str, source_text: str,
     return texts
 
 
-def featurize(lists: List[NBestList], path: str, args: argparse.Namespace,
-              pipeline: TextPipeline, scorer: LMScorer) -> Tuple[Features, List[List[str]]]:
-    """LM-score every hypothesis of ``lists``; return the features and the output texts."""
-    raw = hypothesis_texts(lists, path, args.source_text, args.remove_bpe)
+def featurize(lists: List[NBestList], raw: List[List[str]], path: str,
+              args: argparse.Namespace, pipeline: TextPipeline,
+              scorer: LMScorer) -> Tuple[Features, List[List[str]]]:
+    """LM-score every hypothesis of ``lists`` (texts ``raw``, from ``hypothesis_texts``);
+    return the features and the output texts."""
     outputs = [[pipeline.output_text(t) for t in row] for row in raw]
     words = [[pipeline.lm_words(t) for t in row] for row in outputs]
     lm_texts = [pipeline.apply_lm_bpe(w) for row in words for w in row]
@@ -208,16 +209,17 @@ def main(argv: Optional[List[str]] = None) -> None:
             raise FairseqAWDError(f"--tune-nbest {args.tune_nbest} has no T- lines: give "
                                   "--tune-ref")
     # refuse leftover BPE markers or missing D- lines before loading the LM
-    hypothesis_texts(test_lists, args.nbest, args.source_text, args.remove_bpe)
+    test_raw = hypothesis_texts(test_lists, args.nbest, args.source_text, args.remove_bpe)
     if tuning:
-        hypothesis_texts(dev_lists, args.tune_nbest, args.source_text, args.remove_bpe)
+        dev_raw = hypothesis_texts(dev_lists, args.tune_nbest, args.source_text, args.remove_bpe)
     pipeline = TextPipeline(args.lang, bpe_removal=args.remove_bpe,
                             detokenize=args.detokenize == "moses", lm_tokenize=args.lm_tokenize,
                             lm_lowercase=args.lm_lowercase, lm_bpe_codes=args.lm_bpe_codes)
     scorer = LMScorer(load_lm(args.lm, args.lm_data, cpu=args.cpu), args.batch_size)
 
     if tuning:
-        dev_features, dev_outputs = featurize(dev_lists, args.tune_nbest, args, pipeline, scorer)
+        dev_features, dev_outputs = featurize(dev_lists, dev_raw, args.tune_nbest, args, pipeline,
+                                            scorer)
         lm_weight, length_weight, dev_bleu = tune_weights(
             dev_features, dev_outputs, dev_refs, lm_grid, length_grid)
         dev_base = corpus_bleu([row[0] for row in dev_outputs], dev_refs)
@@ -226,7 +228,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     else:
         lm_weight, length_weight = args.lm_weight, args.length_weight or 0.0
 
-    features, outputs = featurize(test_lists, args.nbest, args, pipeline, scorer)
+    features, outputs = featurize(test_lists, test_raw, args.nbest, args, pipeline, scorer)
     choice = rerank(features, lm_weight, length_weight)
     reranked = [row[j] for row, j in zip(outputs, choice)]
     write_atomic(args.output, reranked)

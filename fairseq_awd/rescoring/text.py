@@ -2,6 +2,7 @@
 
 from typing import Optional
 
+from fairseq.data.data_utils import post_process
 from sacremoses import MosesDetokenizer, MosesTokenizer
 
 from fairseq_awd.errors import FairseqAWDError
@@ -9,9 +10,9 @@ from fairseq_awd.errors import FairseqAWDError
 BPE_MARKER = "@@ "
 
 
-def remove_bpe(text: str, marker: str = BPE_MARKER) -> str:
-    """Undo subword-nmt segmentation as fairseq's ``--remove-bpe`` does."""
-    return (text + " ").replace(marker, "").rstrip()
+def remove_bpe(text: str) -> str:
+    """Undo subword-nmt segmentation: fairseq's own ``--remove-bpe`` step."""
+    return post_process(text, "subword_nmt")
 
 
 class TextPipeline:
@@ -57,10 +58,6 @@ class TextPipeline:
         else:
             text = " ".join(output_text.split())
         return text.lower() if self.lm_lowercase else text
-
-    def lm_text(self, output_text: str) -> str:
-        """Output text -> the space-separated symbols the LM's dictionary is looked up with."""
-        return self.apply_lm_bpe(self.lm_words(output_text))
 
     def apply_lm_bpe(self, words: str) -> str:
         """Segment LM words with ``lm_bpe_codes`` (unchanged without codes)."""
