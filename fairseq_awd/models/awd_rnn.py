@@ -106,9 +106,37 @@ def wikitext103_setting(args) -> None:
     args.adaptive_softmax_cutoff = getattr(args, "adaptive_softmax_cutoff", "2800,20000,76000")
 
 
-def dictionary_fingerprint(dictionary: Dictionary) -> int:
-    """CRC32 of the dictionary's symbols in order: equal only for the same word-to-id map."""
-    return zlib.crc32("\n".join(dictionary.symbols).encode("utf-8"))
+def dictionary_fingerprint(dictionary: Dictionary, num_symbols: Optional[int] = None) -> int:
+    """CRC32 of the dictionary's symbols in order (of its first ``num_symbols`` if given):
+    equal only for the same word-to-id map."""
+    return zlib.crc32("\n".join(dictionary.symbols[:num_symbols]).encode("utf-8"))
+
+
+def check_dictionary_fingerprint(state_dict: Dict[str, torch.Tensor], prefix: str,
+                                 decoder: "AWDRNNDecoder") -> None:
+    """Raise FairseqAWDError if ``state_dict`` (keys under ``prefix``, e.g. ``"decoder."``)
+    was trained with another dictionary than ``decoder``'s."""
+    key = prefix + "dictionary_fingerprint"
+    if key in state_dict and int(state_dict[key]) != int(decoder.dictionary_fingerprint):
+        raise FairseqAWDError(
+            "the checkpoint was trained with a different dictionary than the data's "
+            f"dict.txt ({state_dict[prefix + 'embed_tokens.weight'].size(0)} vs "
+            f"{len(decoder.dictionary)} types, or the same types in another order); "
+            "binarize the data with fairseq-preprocess --srcdict set to the dict.txt "
+            "the model was trained with"
+        )
+
+
+def tag_layer_depths(model: nn.Module, groups: List[List[nn.Parameter]]) -> None:
+    """Set ``p.layer_depth`` = the index of its group in ``groups`` (top first) on every
+    parameter of ``model``, for ``discriminative_adam``: fairseq hands optimizers a flat
+    list of parameters."""
+    tagged = 0
+    for depth, params in enumerate(groups):
+        for p in params:
+            p.layer_depth = depth
+        tagged += len(params)
+    assert tagged == len(list(model.parameters())), "a parameter is in no layer group"
 
 
 class AWDRNNDecoder(FairseqIncrementalDecoder):
@@ -302,18 +330,22 @@ class AWDRNNLanguageModel(FairseqLanguageModel):
 
     decoder_class = AWDRNNDecoder
 
+    def __init__(self, decoder: AWDRNNDecoder):
+        super().__init__(decoder)
+        tag_layer_depths(self, self.layer_groups())
+
     @classmethod
     def build_model(cls, cfg: AWDRNNConfig, task) -> "AWDRNNLanguageModel":
         return cls(cls.decoder_class(task.target_dictionary, cfg))
 
+    def layer_groups(self) -> List[List[nn.Parameter]]:
+        """The parameters by depth, top first, for discriminative fine-tuning (ULMFiT
+        eq. 2): ``[embedding and output layer (tied)], [top layer], ..., [lowest layer]``."""
+        decoder = self.decoder
+        layers = [list(layer.parameters()) for layer in reversed(decoder.layers)]
+        in_layers = {id(p) for group in layers for p in group}
+        return [[p for p in decoder.parameters() if id(p) not in in_layers], *layers]
+
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        key = "decoder.dictionary_fingerprint"
-        if key in state_dict and int(state_dict[key]) != int(self.decoder.dictionary_fingerprint):
-            raise FairseqAWDError(
-                "the checkpoint was trained with a different dictionary than the data's "
-                f"dict.txt ({state_dict['decoder.embed_tokens.weight'].size(0)} vs "
-                f"{len(self.decoder.dictionary)} types, or the same types in another order); "
-                "binarize the data with fairseq-preprocess --srcdict set to the dict.txt "
-                "the model was trained with"
-            )
+        check_dictionary_fingerprint(state_dict, "decoder.", self.decoder)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)

@@ -1,6 +1,7 @@
 """Plain-PyTorch building blocks of AWD-LSTM and AWD-QRNN; none of them imports fairseq."""
 
 from .adaptive_softmax import TiedAdaptiveSoftmax
+from .concat_pooling import PoolingClassifierHead, concat_pool
 from .embedding_dropout import embedding_dropout
 from .forget_mult import forget_mult, forget_mult_reference
 from .locked_dropout import LockedDropout
@@ -10,6 +11,7 @@ from .weight_drop import WeightDropLSTM
 
 __all__ = [
     "LockedDropout",
+    "PoolingClassifierHead",
     "QRNN",
     "QRNNLayer",
     "QRNNLayerState",
@@ -17,6 +19,7 @@ __all__ = [
     "TiedAdaptiveSoftmax",
     "WeightDropLSTM",
     "activation_regularization",
+    "concat_pool",
     "embedding_dropout",
     "forget_mult",
     "forget_mult_reference",

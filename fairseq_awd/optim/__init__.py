@@ -1,3 +1,3 @@
-"""Optimizers and learning-rate schedulers of AWD-LSTM, registered with fairseq."""
+"""Optimizers and learning-rate schedulers of AWD-LSTM and ULMFiT, registered with fairseq."""
 
-from . import lr_scheduler, ntasgd  # noqa: F401
+from . import discriminative_adam, lr_scheduler, ntasgd  # noqa: F401

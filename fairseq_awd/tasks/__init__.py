@@ -1,1 +1,5 @@
-from . import awd_language_modeling, translation_lm_fusion  # noqa: F401  (register the tasks)
+from . import (  # noqa: F401  (register the tasks)
+    awd_language_modeling,
+    awd_sentence_prediction,
+    translation_lm_fusion,
+)

@@ -1,0 +1,248 @@
+"""ULMFiT text classifiers (Howard and Ruder 2018, arXiv 1801.06146) on the AWD stacks.
+
+The encoder is the AWD language model's decoder stack (embedding, embedding and locked
+dropout, recurrent layers) without its output layer; its top layer's outputs are concat
+pooled (eq. 5) and fed to ``PoolingClassifierHead``. ``--pretrained-lm`` initializes the
+encoder from an AWD LM checkpoint of the same kind (the fine-tuned LM of section 3.2).
+The model follows fairseq's classification-head protocol (``register_classification_head``,
+``classification_heads``), so it trains with ``--task sentence_prediction --criterion
+sentence_prediction`` (or ``--task awd_sentence_prediction``).
+"""
+
+import copy
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from fairseq import checkpoint_utils
+from fairseq.data import Dictionary
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import ARCH_MODEL_NAME_REGISTRY, BaseFairseqModel
+from omegaconf import II
+from torch import nn
+
+from fairseq_awd.errors import FairseqAWDError
+from fairseq_awd.models.awd_rnn import (
+    AWDRNNDecoder,
+    check_dictionary_fingerprint,
+    dictionary_fingerprint,
+    tag_layer_depths,
+)
+from fairseq_awd.modules import PoolingClassifierHead, concat_pool
+
+logger = logging.getLogger(__name__)
+
+# The LM's output layer, not part of the classifier's encoder.
+LM_OUTPUT_PARAMETERS = ("output_weight", "output_bias", "adaptive_output")
+# Symbols a classification dictionary may have after the LM's: fairseq's sentence_prediction
+# task appends "<mask>" to input0/dict.txt.
+EXTRA_SYMBOLS = {"<mask>"}
+
+
+@dataclass
+class ClassifierConfig(FairseqDataclass):
+    """The options the classifiers add to their language model's."""
+
+    pretrained_lm: Optional[str] = field(
+        default=None,
+        metadata={"help": "initialize the encoder from this AWD language model checkpoint "
+                  "(of the same kind: awd_lstm_lm for awd_lstm_classifier, ...); the encoder "
+                  "sizes are then the LM's, the dropouts this model's own options. With "
+                  "--task awd_sentence_prediction the classifier's checkpoints reload without "
+                  "this file; with fairseq's sentence_prediction it is read again on reload"},
+    )
+    classifier_hidden_dim: int = field(
+        default=50, metadata={"help": "hidden size of the classifier head (ULMFiT: 50)"}
+    )
+    classifier_input_dropout: float = field(
+        default=0.4,
+        metadata={"help": "dropout on the concat-pooled features, before the head's first "
+                  "linear layer (ULMFiT: 0.4)"},
+    )
+    classifier_dropout: float = field(
+        default=0.1,
+        metadata={"help": "dropout before the head's output layer (ULMFiT: 0.1)"},
+    )
+    # Set by fairseq's sentence_prediction task in build_model; not an option (the
+    # recurrent encoder has no length limit of its own).
+    max_positions: Optional[int] = II("task.max_positions")
+
+
+def build_encoder(decoder_class: type, dictionary: Dictionary, cfg) -> AWDRNNDecoder:
+    """The AWD decoder stack of ``decoder_class`` without the LM output layer."""
+    encoder = decoder_class(dictionary, cfg)
+    for name in LM_OUTPUT_PARAMETERS:
+        setattr(encoder, name, None)
+    return encoder
+
+
+def load_lm_checkpoint(path: str, expected_model: str) -> Tuple[Dict[str, torch.Tensor], Any]:
+    """``(model state dict, model config)`` of an ``expected_model`` checkpoint at ``path``;
+    FairseqAWDError if the file is missing or holds another kind of model."""
+    fix = f"give a checkpoint written by fairseq-train --task awd_language_modeling " \
+          f"--arch {expected_model}"
+    if not os.path.isfile(path):
+        raise FairseqAWDError(f"--pretrained-lm {path}: no such file; {fix}")
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    except Exception as err:
+        raise FairseqAWDError(f"--pretrained-lm {path} is not a fairseq checkpoint ({err}); "
+                              f"{fix}") from err
+    model_cfg = state["cfg"]["model"] if state.get("cfg") is not None else state.get("args")
+    found = getattr(model_cfg, "_name", None) or getattr(model_cfg, "arch", None)
+    found = ARCH_MODEL_NAME_REGISTRY.get(found, found)
+    if found != expected_model:
+        if found in ("awd_lstm_lm", "awd_qrnn_lm"):
+            fix += f", or use --arch {found[:-len('lm')]}classifier"
+        raise FairseqAWDError(f"--pretrained-lm {path} holds model {found}, but this "
+                              f"classifier's encoder needs {expected_model}; {fix}")
+    return state["model"], model_cfg
+
+
+def check_lm_dictionary(lm_state: Dict[str, torch.Tensor], dictionary: Dictionary,
+                        path: str) -> None:
+    """The classifier's dictionary must be the LM's followed by at most ``<mask>``."""
+    lm_size = lm_state["decoder.embed_tokens.weight"].size(0)
+    if (len(dictionary) < lm_size
+            or dictionary_fingerprint(dictionary, lm_size)
+            != int(lm_state["decoder.dictionary_fingerprint"])
+            or not set(dictionary.symbols[lm_size:]) <= EXTRA_SYMBOLS):
+        raise FairseqAWDError(
+            f"--pretrained-lm {path} was trained with another dictionary ({lm_size} types) "
+            f"than the classification data's ({len(dictionary)} types, counting the <mask> "
+            "that sentence_prediction adds, or the same types in another order); binarize "
+            "input0 with fairseq-preprocess --only-source --srcdict LM_DATA/dict.txt, the "
+            "dict.txt of the LM's data"
+        )
+
+
+class AWDRNNClassifier(BaseFairseqModel):
+    """Encoder ``(B, T)`` tokens -> top-layer outputs ``(T, B, C)`` -> concat pooling
+    ``(B, 3C)`` -> a classification head -> logits ``(B, num_classes)``.
+
+    Batches must be right-padded (fairseq's ``RightPadDataset``): the recurrent layers run
+    left to right, so the outputs at real tokens never see the padding, and the pooling
+    ignores padded positions. Every parameter carries ``layer_depth`` (see
+    ``layer_groups``) for discriminative learning rates.
+    """
+
+    decoder_class = AWDRNNDecoder
+    lm_model_name = ""
+    # Options of the LM that size the encoder, taken from --pretrained-lm's config.
+    lm_size_fields: Tuple[str, ...] = ("decoder_embed_dim", "decoder_hidden_size",
+                                       "decoder_layers", "decoder_out_embed_dim",
+                                       "untie_weights")
+
+    def __init__(self, cfg, encoder: AWDRNNDecoder):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.classification_heads = nn.ModuleDict()
+        tag_layer_depths(self, self.layer_groups())
+
+    @classmethod
+    def build_model(cls, cfg, task) -> "AWDRNNClassifier":
+        cfg = copy.deepcopy(cfg)
+        cfg.adaptive_softmax_cutoff = None
+        lm_state = None
+        if cfg.pretrained_lm:
+            lm_state, lm_cfg = load_lm_checkpoint(cfg.pretrained_lm, cls.lm_model_name)
+            check_lm_dictionary(lm_state, task.source_dictionary, cfg.pretrained_lm)
+            cls.copy_lm_sizes(lm_cfg, cfg)
+            logger.info("encoder from --pretrained-lm %s: %s", cfg.pretrained_lm,
+                        ", ".join(f"{name}={getattr(cfg, name)}" for name in cls.lm_size_fields))
+        model = cls(cfg, build_encoder(cls.decoder_class, task.source_dictionary, cfg))
+        if lm_state is not None:
+            model.load_pretrained_encoder(lm_state)
+        return model
+
+    @classmethod
+    def copy_lm_sizes(cls, lm_cfg, cfg) -> None:
+        """Set the encoder-sizing options of ``cfg`` to the LM config's ``lm_cfg``."""
+        for name in cls.lm_size_fields:
+            setattr(cfg, name, getattr(lm_cfg, name))
+
+    def load_pretrained_encoder(self, lm_state: Dict[str, torch.Tensor]) -> None:
+        """Copy every encoder parameter from an AWD LM's state dict: the embedding rows of
+        the LM's symbols (any extra row keeps its initialization) and all recurrent
+        weights. The LM's output layer is dropped; any other missing or unexpected entry
+        raises."""
+        own = self.encoder.state_dict()
+        state, unexpected = {}, []
+        for key, value in lm_state.items():
+            name = key[len("decoder."):]
+            if not key.startswith("decoder."):
+                unexpected.append(key)
+            elif name.split(".")[0] not in LM_OUTPUT_PARAMETERS:
+                state[name] = value
+        embed = own["embed_tokens.weight"].clone()
+        embed[: state["embed_tokens.weight"].size(0)] = state["embed_tokens.weight"]
+        state.update({"embed_tokens.weight": embed,
+                      "dictionary_fingerprint": own["dictionary_fingerprint"]})
+        missing = sorted(own.keys() - state.keys())
+        unexpected += sorted(state.keys() - own.keys())
+        if missing or unexpected:
+            raise FairseqAWDError(
+                f"--pretrained-lm does not match the {self.lm_model_name} encoder (missing: "
+                f"{missing}, unexpected: {unexpected}); give a checkpoint of this version's "
+                f"fairseq-train --arch {self.lm_model_name}"
+            )
+        self.encoder.load_state_dict(state, strict=True)
+
+    def layer_groups(self) -> List[List[nn.Parameter]]:
+        """The parameters by depth, top first: ``[head(s)], [top recurrent layer], ...,
+        [lowest recurrent layer], [embedding]``; list index = ``layer_depth`` (0 to L+1).
+        ULMFiT's discriminative rates (eq. 2) and gradual unfreezing both go by it."""
+        groups = [list(self.classification_heads.parameters())]
+        groups += [list(layer.parameters()) for layer in reversed(self.encoder.layers)]
+        groups.append([self.encoder.embed_tokens.weight])
+        return groups
+
+    def register_classification_head(self, name: str, num_classes: Optional[int] = None,
+                                     inner_dim: Optional[int] = None, **kwargs) -> None:
+        """Add ULMFiT's head ``name`` on the pooled ``(B, 3C)`` features (depth 0)."""
+        cfg = self.cfg
+        features = 3 * (cfg.decoder_out_embed_dim or cfg.decoder_embed_dim)
+        self.classification_heads[name] = PoolingClassifierHead(
+            features, inner_dim or cfg.classifier_hidden_dim, num_classes,
+            cfg.classifier_input_dropout, cfg.classifier_dropout,
+        )
+        tag_layer_depths(self, self.layer_groups())
+
+    def forward(self, src_tokens: torch.Tensor, src_lengths: Optional[torch.Tensor] = None,
+                features_only: bool = True, classification_head_name: Optional[str] = None,
+                **kwargs) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """``src_tokens (B, T)`` -> logits ``(B, num_classes)`` of the named head, or the
+        pooled features ``(B, 3C)`` without a head name; plus ``{"padding_mask": (B, T)}``."""
+        padding_mask = src_tokens.eq(self.encoder.dictionary.pad())
+        if bool((padding_mask[:, :-1] & ~padding_mask[:, 1:]).any()):
+            raise FairseqAWDError("the AWD classifiers need right-padded batches (pad only "
+                                  "after the tokens); use fairseq's RightPadDataset")
+        features, _, _ = self.encoder.extract_features(src_tokens)
+        x = concat_pool(features, padding_mask)
+        if classification_head_name is not None:
+            x = self.classification_heads[classification_head_name](x)
+        return x, {"padding_mask": padding_mask}
+
+    def max_positions(self) -> int:
+        return self.encoder.max_positions()
+
+    def upgrade_state_dict_named(self, state_dict: Dict[str, torch.Tensor], name: str) -> None:
+        """Register the checkpoint's heads this model lacks (sized from their weights) and
+        keep the current weights of heads the checkpoint lacks."""
+        super().upgrade_state_dict_named(state_dict, name)
+        prefix = (name + "." if name else "") + "classification_heads."
+        names = {k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)}
+        for head in sorted(names - set(self.classification_heads)):
+            num_classes = state_dict[f"{prefix}{head}.6.weight"].size(0)
+            self.register_classification_head(
+                head, num_classes, state_dict[f"{prefix}{head}.2.weight"].size(0)
+            )
+        for key, value in self.classification_heads.state_dict().items():
+            state_dict.setdefault(prefix + key, value)
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        check_dictionary_fingerprint(state_dict, "encoder.", self.encoder)
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)

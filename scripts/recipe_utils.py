@@ -1,0 +1,55 @@
+"""What the end-to-end recipes (multi30k_rescoring.py, trec_transfer.py) share: running
+fairseq's command-line tools with a thread budget and writing files atomically."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+USER_DIR = str(Path(__file__).resolve().parents[1] / "fairseq_awd")
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_lines(path: Path, lines: Sequence[str]) -> None:
+    """Write one line per item through a temporary file, so ``path`` is never half-written."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tmp.replace(path)
+
+
+def run_fairseq(tool: str, args: List[str], threads: int, log: Path) -> str:
+    """Run ``python -m fairseq_cli.<tool> args`` on ``threads`` threads; save its stdout
+    (fairseq's log and results) to ``log`` and return it. Exits with its stderr on failure."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    print(f"+ fairseq-{tool} {' '.join(args)}", flush=True)
+    proc = subprocess.run([sys.executable, "-m", f"fairseq_cli.{tool}", *args],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"fairseq-{tool} failed:\n{proc.stderr[-3000:]}")
+    tmp = log.with_suffix(log.suffix + ".tmp")
+    tmp.write_text(proc.stdout, encoding="utf-8")
+    tmp.replace(log)
+    return proc.stdout
+
+
+def preprocess_once(dest: Path, options: List[str], threads: int) -> Path:
+    """``fairseq-preprocess --destdir dest`` unless ``dest`` exists, through ``dest.tmp`` so
+    that a failed run leaves no half-binarized ``dest``."""
+    if not dest.exists():
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        run_fairseq("preprocess", [*options, "--destdir", str(tmp), "--workers", str(threads)],
+                    threads, dest.with_name(f"preprocess-{dest.name}.log"))
+        tmp.replace(dest)
+    return dest
+
+
+def logged_metric(log: str, name: str) -> float:
+    """The last value of ``name`` in a fairseq log (``| name 12.3 |`` or ``name=12.3``)."""
+    values = re.findall(rf"\b{re.escape(name)}[ =]([-\d.]+)", log)
+    if not values:
+        raise SystemExit(f"no '{name}' in the fairseq log")
+    return float(values[-1])

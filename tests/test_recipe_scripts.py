@@ -1,0 +1,92 @@
+"""The end-to-end Python recipes run on real data in a reduced (--limit) setting, print
+their tables, resume without redoing work, and stop with one line on bad data paths."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from fairseq_cli_helpers import REPO, SHARED_DATA, assert_one_line_error, one_thread_env
+from mt_fixtures import HAS_MULTI30K, MULTI30K, SKIP_REASON
+
+HAS_TREC = (SHARED_DATA / "trec" / "train_5500.label").exists() and (
+    SHARED_DATA / "wikitext-2" / "train.txt").exists()
+
+
+def recipe(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / script), *args],
+                          capture_output=True, text=True, env=one_thread_env(), timeout=900)
+
+
+def table_rows(stdout: str) -> dict:
+    """``| name | v1 | ... |`` markdown rows of the printed table, name -> cells."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) > 1 and not cells[1].startswith("-"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+@pytest.mark.skipif(not HAS_MULTI30K, reason=SKIP_REASON)
+def test_multi30k_recipe_prints_the_three_bleu_scores(tmp_path):
+    work = tmp_path / "work"
+    args = ["--data", str(MULTI30K), "--workdir", str(work), "--limit", "150",
+            "--bpe-merges", "300", "--mt-max-update", "30", "--lm-max-epoch", "1", "--beam", "2",
+            "--fusion-weights", "0.2", "--threads", "1"]
+    proc = recipe("multi30k_rescoring.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = table_rows(proc.stdout)
+    assert set(rows) >= {"decoding", "beam search", "n-best reranking",
+                         "shallow fusion (weight 0.2)"}, proc.stdout
+    results = json.loads((work / "seed1" / "results.json").read_text())
+    for name in ("beam search", "n-best reranking", "shallow fusion (weight 0.2)"):
+        assert float(rows[name][0]) == pytest.approx(results["test_bleu"][name], abs=0.01)
+    # the rescorer tuned its weights on val, and the references are the raw test English
+    assert re.search(r"tuned on .*valid\.nbest: lm_weight", proc.stdout)
+    refs = (work / "text" / "test.ref.en").read_text().splitlines()
+    assert len(refs) == 150 and refs[0][0].isupper() and " ," not in refs[0]
+    # a second run resumes: nothing is retrained, the same table comes out
+    again = recipe("multi30k_rescoring.py", *args)
+    assert again.returncode == 0 and "fairseq-train" not in again.stdout
+    assert table_rows(again.stdout) == rows
+
+
+def test_multi30k_recipe_names_a_missing_data_folder(tmp_path):
+    proc = recipe("multi30k_rescoring.py", "--data", str(tmp_path / "nowhere"),
+                  "--workdir", str(tmp_path / "work"))
+    assert_one_line_error(proc, "point --data at the Multi30k folder")
+    assert not (tmp_path / "work" / "text").exists()
+
+
+@pytest.mark.skipif(not HAS_TREC, reason="needs ../shared/data/trec and wikitext-2")
+def test_trec_recipe_prints_the_three_error_rates(tmp_path):
+    work = tmp_path / "work"
+    proc = recipe("trec_transfer.py", "--workdir", str(work), "--limit", "400",
+                  "--seeds", "1", "--pretrain-epochs", "1", "--finetune-updates", "4",
+                  "--classifier-epochs", "2", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = table_rows(proc.stdout)
+    assert set(rows) == {"classifier", "scratch", "pretrained", "ulmfit"}, proc.stdout
+    results = json.loads((work / "results.json").read_text())
+    for variant in ("scratch", "pretrained", "ulmfit"):
+        error = results[variant]["1"]
+        assert 0.0 <= error <= 100.0 and rows[variant][0] == f"{error:.1f}"
+    # the held-out validation questions come from train_5500, never from the test file
+    source = (SHARED_DATA / "trec" / "train_5500.label").read_text().splitlines()[:400]
+    valid = (work / "data" / "text" / "valid.question").read_text().splitlines()
+    assert len(valid) == 80 and set(valid) <= {line.split(" ", 1)[1] for line in source}
+    # the classifiers trained from an LM logged the LM's encoder; unfreezing ran
+    log = (work / "seed1" / "ulmfit.log").read_text()
+    assert "encoder from --pretrained-lm" in log and "gradual unfreezing: epoch 2" in log
+
+
+def test_trec_recipe_names_a_malformed_label_file(tmp_path):
+    trec = tmp_path / "trec"
+    trec.mkdir()
+    (trec / "train_5500.label").write_text("DESC:manner How did it go ?\nno label here\n")
+    (trec / "TREC_10.label").write_text("NUM:dist How far ?\n")
+    proc = recipe("trec_transfer.py", "--trec", str(trec), "--workdir", str(tmp_path / "w"))
+    assert_one_line_error(proc, "train_5500.label:2", "COARSE:fine")
+    assert not (tmp_path / "w" / "data").exists()
