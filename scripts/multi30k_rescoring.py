@@ -30,7 +30,14 @@ from typing import Dict, List, Optional, Sequence
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).parent)]
 
-from recipe_utils import SHARED_DATA, USER_DIR, preprocess_once, run_fairseq, write_lines  # noqa: E402
+from recipe_utils import (  # noqa: E402
+    SHARED_DATA,
+    USER_DIR,
+    preprocess_once,
+    run_fairseq,
+    train_once,
+    write_lines,
+)
 
 from fairseq_awd.errors import FairseqAWDError  # noqa: E402  (also installs the excepthook)
 from fairseq_awd.rescoring.nbest import parse_nbest  # noqa: E402
@@ -59,9 +66,11 @@ LM_ARGS = [
     "--lr-scheduler", "fixed", "--clip-norm", "0.25", "--batch-size", "80", "--bptt", "50",
     "--no-epoch-checkpoints",
 ]
+# --required-batch-size-multiple 1: fairseq 0.12 drops a split's last batch when its size
+# is not a multiple of this (default 8), so some sentences would never be translated
 DECODE_ARGS = ["--source-lang", "de", "--target-lang", "en", "--tokenizer", "moses",
-               "--bpe", "subword_nmt", "--batch-size", "64", "--max-len-a", "1.2",
-               "--max-len-b", "10"]
+               "--bpe", "subword_nmt", "--batch-size", "64", "--required-batch-size-multiple",
+               "1", "--max-len-a", "1.2", "--max-len-b", "10"]
 
 
 def read_gz(path: Path, limit: Optional[int] = None) -> List[str]:
@@ -119,15 +128,6 @@ def binarize(text: Path, mt_bin: Path, lm_bin: Path, threads: int) -> None:
                              "--validpref", str(text / "lm.valid.en")], threads)
 
 
-def train(data: Path, save_dir: Path, args: List[str], threads: int) -> Path:
-    best = save_dir / "checkpoint_best.pt"
-    if not best.exists():
-        run_fairseq("train", [str(data), "--user-dir", USER_DIR, "--save-dir", str(save_dir),
-                              "--cpu", "--no-progress-bar", "--log-interval", "100", *args],
-                    threads, save_dir.with_suffix(".log"))
-    return best
-
-
 def first_best(nbest: Path) -> List[str]:
     """The top hypothesis (D- text) of each source sentence, in source order."""
     return [lst.hypotheses[0].d_text for lst in parse_nbest(str(nbest))]
@@ -171,10 +171,10 @@ def main(argv=None) -> None:
     binarize(text, mt_bin, lm_bin, args.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed = ["--seed", str(args.seed)]
-    mt = train(mt_bin, run_dir / "mt", [*MT_ARGS, "--max-update", str(args.mt_max_update), *seed],
-               args.threads)
-    lm = train(lm_bin, run_dir / "lm", [*LM_ARGS, "--max-epoch", str(args.lm_max_epoch), *seed],
-               args.threads)
+    mt = train_once(mt_bin, run_dir / "mt",
+                    [*MT_ARGS, "--max-update", str(args.mt_max_update), *seed], args.threads)
+    lm = train_once(lm_bin, run_dir / "lm",
+                    [*LM_ARGS, "--max-epoch", str(args.lm_max_epoch), *seed], args.threads)
 
     nbest = {split: generate(mt_bin, text, mt, split, run_dir / f"{split}.nbest", args.beam,
                              args.threads, ["--nbest", str(args.beam)])

@@ -47,6 +47,18 @@ def preprocess_once(dest: Path, options: List[str], threads: int) -> Path:
     return dest
 
 
+def train_once(data: Path, save_dir: Path, options: List[str], threads: int) -> Path:
+    """``fairseq-train data --save-dir save_dir options`` unless it has finished before (its
+    log ``save_dir.log`` is written at the end; an interrupted run resumes from
+    ``checkpoint_last.pt``). Returns ``save_dir/checkpoint_best.pt``."""
+    log = save_dir.with_suffix(".log")
+    if not log.exists():
+        run_fairseq("train", [str(data), "--user-dir", USER_DIR, "--save-dir", str(save_dir),
+                              "--cpu", "--no-progress-bar", "--log-interval", "50", *options],
+                    threads, log)
+    return save_dir / "checkpoint_best.pt"
+
+
 def logged_metric(log: str, name: str) -> float:
     """The last value of ``name`` in a fairseq log (``| name 12.3 |`` or ``name=12.3``)."""
     values = re.findall(rf"\b{re.escape(name)}[ =]([-\d.]+)", log)

@@ -123,5 +123,6 @@ def parse_nbest(path: str) -> List[NBestList]:
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise FairseqAWDError(f"{path}: {len(missing)} source ids have no hypotheses: {shown}; "
-                              "rescoring needs every sentence of the generated split")
+                              "rescoring needs every sentence of the generated split (fairseq-"
+                              "generate skips up to 7 unless --required-batch-size-multiple 1)")
     return [lists[sid] for sid in sorted(lists)]
