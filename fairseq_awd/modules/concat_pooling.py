@@ -56,9 +56,5 @@ class PoolingClassifierHead(nn.Sequential):
         )
 
     @property
-    def hidden_dim(self) -> int:
-        return self[2].out_features
-
-    @property
     def num_classes(self) -> int:
         return self[-1].out_features
