@@ -2,21 +2,25 @@
 
 Usage:
     python scripts/multi30k_rescoring.py [--data ../shared/data/multi30k] [--workdir multi30k-work]
-        [--seed 1] [--mt-max-update 900] [--lm-max-epoch 1] [--threads N]
+        [--seeds 1 2 3] [--mt-max-update 900] [--lm-max-epoch 1] [--threads N]
 
-Steps (each is skipped when its output exists, so an interrupted run resumes):
+Steps (each is skipped when its output exists, so an interrupted run resumes, and a run
+with more seeds reuses the prepared data and the seeds already done):
 1. Moses-tokenize (sacremoses, cased, no escaping) and BPE-segment (subword-nmt, codes
    learned jointly on task-1 train German+English) task 1 train / val / test_2016_flickr
    and the task-2 English captions: train.1-5 (training images only) for the LM, val.1
    for its validation. No task-2 test caption is read.
 2. Binarize: the translation data with separate dictionaries, the LM corpus with
    ``--srcdict`` = the translation model's English dictionary (needed for fusion).
+Per seed, in WORKDIR/seedS:
 3. Train a small transformer (3+3 layers, 256 units) and an AWD-LSTM LM, on the CPU.
 4. Decode val and test_2016_flickr with beam search (``--nbest`` = beam); rerank with
-   ``fairseq-awd-rescore`` (weights tuned on val); decode with incremental shallow fusion
-   (``--task translation_lm_fusion``, weight tuned on val).
-5. Print a table of sacrebleu BLEU on test_2016_flickr (detokenized, cased), and write it
-   to WORKDIR/seedS/results.json.
+   ``fairseq-awd-rescore`` (weights tuned on val), and again with the LM weight held at 0
+   (the length-only ablation); decode with incremental shallow fusion
+   (``--task translation_lm_fusion``, weight tuned on val). Write results.json.
+Then:
+5. Print sacrebleu BLEU on test_2016_flickr (detokenized, cased): a column per seed, the
+   mean +- sd over seeds, and the gain over beam search as mean +- sd.
 """
 
 import argparse
@@ -34,6 +38,7 @@ from recipe_utils import (  # noqa: E402
     SHARED_DATA,
     USER_DIR,
     preprocess_once,
+    print_seed_table,
     run_fairseq,
     train_once,
     write_lines,
@@ -47,6 +52,7 @@ from fairseq_awd.rescoring.rerank import corpus_bleu  # noqa: E402
 MT_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 LM_TRAIN = [f"train.{i}.en.gz" for i in range(1, 6)]
 LM_VALID = ["val.1.en.gz"]
+LENGTH_ONLY = "ablation: reranking by length only"
 MT_ARGS = [
     "--arch", "transformer", "--encoder-layers", "3", "--decoder-layers", "3",
     "--encoder-embed-dim", "256", "--decoder-embed-dim", "256",
@@ -147,51 +153,35 @@ def references(text: Path, split: str) -> List[List[str]]:
     return [(text / f"{split}.ref.en").read_text(encoding="utf-8").splitlines()]
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path,
-                        default=SHARED_DATA / "multi30k",
-                        help="Multi30k folder with task1/ and task2/ raw *.gz files")
-    parser.add_argument("--workdir", type=Path, default=Path("multi30k-work"))
-    parser.add_argument("--seed", type=int, default=1, help="seed of both models' training")
-    parser.add_argument("--bpe-merges", type=int, default=8000)
-    parser.add_argument("--mt-max-update", type=int, default=900)
-    parser.add_argument("--lm-max-epoch", type=int, default=1)
-    parser.add_argument("--beam", type=int, default=5, help="beam size; also the n-best size")
-    parser.add_argument("--fusion-weights", default="0.1,0.2,0.3",
-                        help="shallow-fusion LM weights tried on val")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--limit", type=int, default=None,
-                        help="read only the first N lines of every file (a quick smoke run)")
-    args = parser.parse_args(argv)
-
-    text, run_dir = args.workdir / "text", args.workdir / f"seed{args.seed}"
-    mt_bin, lm_bin = args.workdir / "mt-bin", args.workdir / "lm-bin"
-    prepare_text(args.data, text, args.bpe_merges, args.limit)
-    binarize(text, mt_bin, lm_bin, args.threads)
+def run_seed(args: argparse.Namespace, text: Path, mt_bin: Path, lm_bin: Path,
+             seed: int) -> Dict[str, float]:
+    """Train both models with ``seed``, decode test four ways; return test BLEU per decoding
+    (also written, with the choices made on val, to ``WORKDIR/seedS/results.json``)."""
+    run_dir = args.workdir / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    seed = ["--seed", str(args.seed)]
+    seed_args = ["--seed", str(seed)]
     mt = train_once(mt_bin, run_dir / "mt",
-                    [*MT_ARGS, "--max-update", str(args.mt_max_update), *seed], args.threads)
+                    [*MT_ARGS, "--max-update", str(args.mt_max_update), *seed_args], args.threads)
     lm = train_once(lm_bin, run_dir / "lm",
-                    [*LM_ARGS, "--max-epoch", str(args.lm_max_epoch), *seed], args.threads)
+                    [*LM_ARGS, "--max-epoch", str(args.lm_max_epoch), *seed_args], args.threads)
+
+    def test_bleu(hypotheses: List[str]) -> float:
+        return corpus_bleu(hypotheses, references(text, "test"))
 
     nbest = {split: generate(mt_bin, text, mt, split, run_dir / f"{split}.nbest", args.beam,
                              args.threads, ["--nbest", str(args.beam)])
              for split in ("valid", "test")}
-    bleu: Dict[str, float] = {"beam search": corpus_bleu(first_best(nbest["test"]),
-                                                          references(text, "test"))}
 
-    reranked = run_dir / "test.reranked.en"
-    if not reranked.exists():
-        from fairseq_awd.rescoring.cli import main as rescore
+    def rerank(output: Path, options: Sequence[str] = ()) -> List[str]:
+        if not output.exists():
+            from fairseq_awd.rescoring.cli import main as rescore
 
-        rescore(["--nbest", str(nbest["test"]), "--ref", str(text / "test.ref.en"),
-                 "--tune-nbest", str(nbest["valid"]), "--tune-ref", str(text / "valid.ref.en"),
-                 "--output", str(reranked), "--lm", str(lm), "--lm-data", str(lm_bin),
-                 "--lm-tokenize", "moses", "--lm-bpe-codes", str(text / "codes"), "--cpu"])
-    bleu["n-best reranking"] = corpus_bleu(reranked.read_text(encoding="utf-8").splitlines(),
-                                           references(text, "test"))
+            rescore(["--nbest", str(nbest["test"]), "--ref", str(text / "test.ref.en"),
+                     "--tune-nbest", str(nbest["valid"]), "--tune-ref",
+                     str(text / "valid.ref.en"), "--output", str(output), "--lm", str(lm),
+                     "--lm-data", str(lm_bin), "--lm-tokenize", "moses", "--lm-bpe-codes",
+                     str(text / "codes"), "--cpu", *options])
+        return output.read_text(encoding="utf-8").splitlines()
 
     def fusion(split: str, weight: str) -> Path:
         return generate(mt_bin, text, mt, split, run_dir / f"{split}.fusion{weight}.out",
@@ -203,18 +193,53 @@ def main(argv=None) -> None:
            for w in args.fusion_weights.split(",")}
     dev_beam = corpus_bleu(first_best(nbest["valid"]), references(text, "valid"))
     weight = max(dev, key=dev.get)
-    print(f"fusion on val: beam {dev_beam:.2f}; " +
-          ", ".join(f"weight {w}: {b:.2f}" for w, b in dev.items()) + f"; chosen {weight}")
-    bleu[f"shallow fusion (weight {weight})"] = corpus_bleu(
-        first_best(fusion("test", weight)), references(text, "test"))
-
-    print(f"\ntest_2016_flickr BLEU (sacrebleu, detokenized, cased), seed {args.seed}:\n")
-    print("| decoding | BLEU |\n| --- | ---: |")
-    for name, value in bleu.items():
-        print(f"| {name} | {value:.2f} |")
-    results = {"seed": args.seed, "test_bleu": bleu, "fusion_dev_bleu": dev,
-               "dev_beam_bleu": dev_beam}
+    print(f"seed {seed}: fusion on val: beam {dev_beam:.2f}; " +
+          ", ".join(f"weight {w}: {b:.2f}" for w, b in dev.items()) + f"; chosen {weight}",
+          flush=True)
+    bleu = {
+        "beam search": test_bleu(first_best(nbest["test"])),
+        "n-best reranking": test_bleu(rerank(run_dir / "test.reranked.en")),
+        "shallow fusion": test_bleu(first_best(fusion("test", weight))),
+        # the same reranking with the LM's weight held at 0: what length alone gains
+        LENGTH_ONLY: test_bleu(rerank(run_dir / "test.length-only.en",
+                                      ["--lm-weight-grid", "0"])),
+    }
+    results = {"seed": seed, "test_bleu": bleu, "fusion_weight": float(weight),
+               "fusion_dev_bleu": dev, "dev_beam_bleu": dev_beam}
     (run_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return bleu
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path,
+                        default=SHARED_DATA / "multi30k",
+                        help="Multi30k folder with task1/ and task2/ raw *.gz files")
+    parser.add_argument("--workdir", type=Path, default=Path("multi30k-work"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1],
+                        help="seeds of both models' training, one run each (WORKDIR/seedS)")
+    parser.add_argument("--bpe-merges", type=int, default=8000)
+    parser.add_argument("--mt-max-update", type=int, default=900)
+    parser.add_argument("--lm-max-epoch", type=int, default=1)
+    parser.add_argument("--beam", type=int, default=5, help="beam size; also the n-best size")
+    parser.add_argument("--fusion-weights", default="0.1,0.2,0.3",
+                        help="shallow-fusion LM weights tried on val")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--limit", type=int, default=None,
+                        help="read only the first N lines of every file (a quick smoke run)")
+    args = parser.parse_args(argv)
+
+    text, mt_bin, lm_bin = args.workdir / "text", args.workdir / "mt-bin", args.workdir / "lm-bin"
+    prepare_text(args.data, text, args.bpe_merges, args.limit)
+    binarize(text, mt_bin, lm_bin, args.threads)
+    bleu: Dict[str, Dict[int, float]] = {}
+    for seed in args.seeds:
+        for decoding, value in run_seed(args, text, mt_bin, lm_bin, seed).items():
+            bleu.setdefault(decoding, {})[seed] = value
+
+    n_test = len((text / "test.ref.en").read_text(encoding="utf-8").splitlines())
+    print(f"\ntest_2016_flickr BLEU (sacrebleu, detokenized, cased), {n_test} sentences:\n")
+    print_seed_table("decoding", bleu, args.seeds, digits=2, baseline="beam search")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ fairseq's command-line tools with a thread budget and writing files atomically."
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 USER_DIR = str(Path(__file__).resolve().parents[1] / "fairseq_awd")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -65,3 +66,27 @@ def logged_metric(log: str, name: str) -> float:
     if not values:
         raise SystemExit(f"no '{name}' in the fairseq log")
     return float(values[-1])
+
+
+def mean_sd(values: Sequence[float], digits: int) -> str:
+    """``mean +- sd`` (sample standard deviation; 0 for a single value)."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} +- {spread:.{digits}f}"
+
+
+def print_seed_table(name: str, rows: Dict[str, Dict[int, float]], seeds: Sequence[int],
+                     digits: int, baseline: Optional[str] = None) -> None:
+    """A markdown table: one row per entry of ``rows`` (name -> seed -> value), a column per
+    seed, then mean +- sd over the seeds; with ``baseline``, also the per-seed difference to
+    that row as mean +- sd."""
+    extra = [f"vs {baseline}"] if baseline else []
+    print(f"| {name} | " + " | ".join([f"seed {s}" for s in seeds] + ["mean +- sd", *extra]) +
+          " |")
+    print("| --- |" + " ---: |" * (len(seeds) + 1 + len(extra)))
+    for row, by_seed in rows.items():
+        cells = [f"{by_seed[s]:.{digits}f}" for s in seeds] + [
+            mean_sd([by_seed[s] for s in seeds], digits)]
+        if baseline:
+            cells.append("" if row == baseline else mean_sd(
+                [by_seed[s] - rows[baseline][s] for s in seeds], digits))
+        print(f"| {row} | " + " | ".join(cells) + " |")

@@ -32,7 +32,6 @@ import json
 import os
 import random
 import shutil
-import statistics
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -43,6 +42,7 @@ from recipe_utils import (  # noqa: E402,I001
     SHARED_DATA,
     USER_DIR,
     logged_metric,
+    print_seed_table,
     run_fairseq,
     train_once,
     write_lines,
@@ -236,13 +236,7 @@ def main(argv=None) -> None:
 
     n_test = len((data / "text" / "test.label").read_text(encoding="utf-8").splitlines())
     print(f"\nTREC-6 test error (%), TREC_10.label, {n_test} questions:\n")
-    print("| classifier | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean +- sd |")
-    print("| --- |" + " ---: |" * (len(args.seeds) + 1))
-    for variant, by_seed in errors.items():
-        values = [by_seed[s] for s in args.seeds]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"| {variant} | " + " | ".join(f"{v:.1f}" for v in values) +
-              f" | {statistics.mean(values):.1f} +- {spread:.1f} |")
+    print_seed_table("classifier", errors, args.seeds, digits=1)
     (work / "results.json").write_text(json.dumps(errors, indent=1), encoding="utf-8")
 
 

@@ -3,6 +3,7 @@ their tables, resume without redoing work, and stop with one line on bad data pa
 
 import json
 import re
+import statistics
 import subprocess
 import sys
 
@@ -35,22 +36,40 @@ def test_multi30k_recipe_prints_the_three_bleu_scores(tmp_path):
     args = ["--data", str(MULTI30K), "--workdir", str(work), "--limit", "150",
             "--bpe-merges", "300", "--mt-max-update", "10", "--lm-max-epoch", "1", "--beam", "2",
             "--fusion-weights", "0.2", "--threads", "1"]
-    proc = recipe("multi30k_rescoring.py", *args)
+    proc = recipe("multi30k_rescoring.py", *args, "--seeds", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = table_rows(proc.stdout)
-    assert set(rows) >= {"decoding", "beam search", "n-best reranking",
-                         "shallow fusion (weight 0.2)"}, proc.stdout
+    decodings = ("beam search", "n-best reranking", "shallow fusion",
+                 "ablation: reranking by length only")
+    assert set(rows) == {"decoding", *decodings}, proc.stdout
+    assert rows["decoding"] == ["seed 1", "mean +- sd", "vs beam search"]
     results = json.loads((work / "seed1" / "results.json").read_text())
-    for name in ("beam search", "n-best reranking", "shallow fusion (weight 0.2)"):
-        assert float(rows[name][0]) == pytest.approx(results["test_bleu"][name], abs=0.01)
-    # the rescorer tuned its weights on val, and the references are the raw test English
+    assert results["fusion_weight"] == 0.2
+    beam = results["test_bleu"]["beam search"]
+    for name in decodings:
+        bleu = results["test_bleu"][name]
+        assert rows[name][:2] == [f"{bleu:.2f}", f"{bleu:.2f} +- 0.00"]
+        assert rows[name][2] == ("" if name == "beam search" else f"{bleu - beam:.2f} +- 0.00")
+    # the rescorer tuned its weights on val (the ablation with the LM weight held at 0),
+    # and the references are the raw test English
     assert re.search(r"tuned on .*valid\.nbest: lm_weight", proc.stdout)
+    assert re.search(r"tuned on .*valid\.nbest: lm_weight 0 ", proc.stdout), proc.stdout
     refs = (work / "text" / "test.ref.en").read_text().splitlines()
     assert len(refs) == 150 and refs[0][0].isupper() and " ," not in refs[0]
-    # a second run resumes: nothing is retrained, the same table comes out
-    again = recipe("multi30k_rescoring.py", *args)
+    # a second run resumes: nothing is retrained, the same table comes out; a second seed
+    # trains only its own models and adds its column, with the spread over both seeds
+    again = recipe("multi30k_rescoring.py", *args, "--seeds", "1")
     assert again.returncode == 0 and "fairseq-train" not in again.stdout
     assert table_rows(again.stdout) == rows
+    both = recipe("multi30k_rescoring.py", *args, "--seeds", "1", "2")
+    assert both.returncode == 0, both.stderr[-3000:]
+    assert both.stdout.count("+ fairseq-train") == 2 and "fairseq-preprocess" not in both.stdout
+    two = table_rows(both.stdout)
+    second = json.loads((work / "seed2" / "results.json").read_text())["test_bleu"]
+    for name in decodings:
+        values = [results["test_bleu"][name], second[name]]
+        assert two[name][:2] == [f"{v:.2f}" for v in values]
+        assert two[name][2] == f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}"
 
 
 def test_multi30k_recipe_names_a_missing_data_folder(tmp_path):
