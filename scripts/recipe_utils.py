@@ -10,15 +10,15 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from fairseq_awd.rescoring.cli import write_atomic
+
 USER_DIR = str(Path(__file__).resolve().parents[1] / "fairseq_awd")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def write_lines(path: Path, lines: Sequence[str]) -> None:
     """Write one line per item through a temporary file, so ``path`` is never half-written."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(str(path), list(lines))
 
 
 def run_fairseq(tool: str, args: List[str], threads: int, log: Path) -> str:

@@ -185,6 +185,10 @@ def test_lm_weight_zero_reproduces_first_best(setup, tmp_path):
           *_lm_args(setup)])
     lists = parse_nbest(str(setup["nbest"]["test"]))
     assert out.read_text().splitlines() == [n.hypotheses[0].d_text for n in lists]
+    # written through a temporary file, yet with the mode a plain open() gives
+    plain = tmp_path / "plain.en"
+    plain.touch()
+    assert out.stat().st_mode == plain.stat().st_mode
 
 
 def test_tuned_rescoring_through_the_console_command(setup, tmp_path):

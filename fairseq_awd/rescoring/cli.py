@@ -167,10 +167,13 @@ def check_unknown_rate(lm_texts: List[str], scores: List[LMScore], scorer: LMSco
 def write_atomic(path: str, lines: List[str]) -> None:
     """Write ``lines`` to ``path`` through a temporary file and ``os.replace``."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".rescore-", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.writelines(line + "\n" for line in lines)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the mode open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
