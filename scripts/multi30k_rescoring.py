@@ -2,7 +2,7 @@
 
 Usage:
     python scripts/multi30k_rescoring.py [--data ../shared/data/multi30k] [--workdir multi30k-work]
-        [--seeds 1 2 3] [--mt-max-update 900] [--lm-max-epoch 1] [--threads N]
+        [--seeds 1 2 3] [--mt-max-update 900] [--lm-max-epoch 4] [--threads N]
 
 Steps (each is skipped when its output exists, so an interrupted run resumes, and a run
 with more seeds reuses the prepared data and the seeds already done):
@@ -220,7 +220,8 @@ def main(argv=None) -> None:
                         help="seeds of both models' training, one run each (WORKDIR/seedS)")
     parser.add_argument("--bpe-merges", type=int, default=8000)
     parser.add_argument("--mt-max-update", type=int, default=900)
-    parser.add_argument("--lm-max-epoch", type=int, default=1)
+    parser.add_argument("--lm-max-epoch", type=int, default=4,
+                        help="LM epochs (its val perplexity: 40 after 1, 23 after 4)")
     parser.add_argument("--beam", type=int, default=5, help="beam size; also the n-best size")
     parser.add_argument("--fusion-weights", default="0.1,0.2,0.3",
                         help="shallow-fusion LM weights tried on val")

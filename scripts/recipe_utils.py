@@ -1,6 +1,7 @@
 """What the end-to-end recipes (multi30k_rescoring.py, trec_transfer.py) share: running
 fairseq's command-line tools with a thread budget and writing files atomically."""
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.rescoring.cli import write_atomic
 
 USER_DIR = str(Path(__file__).resolve().parents[1] / "fairseq_awd")
@@ -48,11 +50,36 @@ def preprocess_once(dest: Path, options: List[str], threads: int) -> Path:
     return dest
 
 
+def _by_flag(options: List[str]) -> Dict[str, str]:
+    """``["--lr", "0.1", "--cpu"]`` -> ``{"--lr": "--lr 0.1", "--cpu": "--cpu"}``."""
+    groups: Dict[str, List[str]] = {}
+    flag = ""
+    for arg in options:
+        if arg.startswith("--"):
+            flag = arg
+        groups.setdefault(flag, []).append(arg)
+    return {flag: " ".join(args) for flag, args in groups.items()}
+
+
 def train_once(data: Path, save_dir: Path, options: List[str], threads: int) -> Path:
     """``fairseq-train data --save-dir save_dir options`` unless it has finished before (its
     log ``save_dir.log`` is written at the end; an interrupted run resumes from
-    ``checkpoint_last.pt``). Returns ``save_dir/checkpoint_best.pt``."""
-    log = save_dir.with_suffix(".log")
+    ``checkpoint_last.pt``). The options are recorded in ``save_dir.options.json``, and a
+    later call with other options is refused rather than given the old model. Returns
+    ``save_dir/checkpoint_best.pt``."""
+    log, recorded = save_dir.with_suffix(".log"), save_dir.with_suffix(".options.json")
+    if recorded.exists():
+        before = json.loads(recorded.read_text(encoding="utf-8"))
+        if before != options:
+            was, now = _by_flag(before), _by_flag(options)
+            old = " ".join(v for k, v in was.items() if now.get(k) != v) or "(none)"
+            new = " ".join(v for k, v in now.items() if was.get(k) != v) or "(none)"
+            raise FairseqAWDError(
+                f"{save_dir} was trained with other options ({old} -> {new}): use another "
+                f"--workdir, or delete {save_dir} and {log} to retrain")
+    else:
+        save_dir.parent.mkdir(parents=True, exist_ok=True)
+        write_lines(recorded, [json.dumps(options)])
     if not log.exists():
         run_fairseq("train", [str(data), "--user-dir", USER_DIR, "--save-dir", str(save_dir),
                               "--cpu", "--no-progress-bar", "--log-interval", "50", *options],

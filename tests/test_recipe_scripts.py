@@ -70,6 +70,14 @@ def test_multi30k_recipe_prints_the_three_bleu_scores(tmp_path):
         values = [results["test_bleu"][name], second[name]]
         assert two[name][:2] == [f"{v:.2f}" for v in values]
         assert two[name][2] == f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}"
+    # other training options in the same workdir are refused, not given the old models
+    lm_before = (work / "seed1" / "lm" / "checkpoint_best.pt").stat().st_mtime_ns
+    longer_lm = list(args)
+    longer_lm[args.index("--lm-max-epoch") + 1] = "2"
+    changed = recipe("multi30k_rescoring.py", *longer_lm, "--seeds", "1")
+    assert_one_line_error(changed, "seed1/lm was trained with other options",
+                          "--max-epoch 1 -> --max-epoch 2", "use another --workdir")
+    assert (work / "seed1" / "lm" / "checkpoint_best.pt").stat().st_mtime_ns == lm_before
 
 
 def test_multi30k_recipe_names_a_missing_data_folder(tmp_path):
