@@ -68,7 +68,8 @@ def train_once(data: Path, save_dir: Path, options: List[str], threads: int) -> 
     later call with other options is refused rather than given the old model. Returns
     ``save_dir/checkpoint_best.pt``."""
     log, recorded = save_dir.with_suffix(".log"), save_dir.with_suffix(".options.json")
-    if recorded.exists():
+    trained = log.exists() or (save_dir / "checkpoint_last.pt").exists()
+    if trained and recorded.exists():
         before = json.loads(recorded.read_text(encoding="utf-8"))
         if before != options:
             was, now = _by_flag(before), _by_flag(options)
@@ -77,10 +78,9 @@ def train_once(data: Path, save_dir: Path, options: List[str], threads: int) -> 
             raise FairseqAWDError(
                 f"{save_dir} was trained with other options ({old} -> {new}): use another "
                 f"--workdir, or delete {save_dir} and {log} to retrain")
-    else:
+    if not log.exists():
         save_dir.parent.mkdir(parents=True, exist_ok=True)
         write_lines(recorded, [json.dumps(options)])
-    if not log.exists():
         run_fairseq("train", [str(data), "--user-dir", USER_DIR, "--save-dir", str(save_dir),
                               "--cpu", "--no-progress-bar", "--log-interval", "50", *options],
                     threads, log)
