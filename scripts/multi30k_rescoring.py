@@ -200,9 +200,11 @@ def run_seed(args: argparse.Namespace, text: Path, mt_bin: Path, lm_bin: Path,
         "beam search": test_bleu(first_best(nbest["test"])),
         "n-best reranking": test_bleu(rerank(run_dir / "test.reranked.en")),
         "shallow fusion": test_bleu(first_best(fusion("test", weight))),
-        # the same reranking with the LM's weight held at 0: what length alone gains
+        # the LM's weight held at 0: what length alone gains. Without the LM's summed
+        # log-probability to offset, useful length weights are small: a finer grid
         LENGTH_ONLY: test_bleu(rerank(run_dir / "test.length-only.en",
-                                      ["--lm-weight-grid", "0"])),
+                                      ["--lm-weight-grid", "0",
+                                       "--length-weight-grid=-0.2:0.2:0.01"])),
     }
     results = {"seed": seed, "test_bleu": bleu, "fusion_weight": float(weight),
                "fusion_dev_bleu": dev, "dev_beam_bleu": dev_beam}
