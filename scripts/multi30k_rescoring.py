@@ -165,8 +165,10 @@ def run_seed(args: argparse.Namespace, text: Path, mt_bin: Path, lm_bin: Path,
     lm = train_once(lm_bin, run_dir / "lm",
                     [*LM_ARGS, "--max-epoch", str(args.lm_max_epoch), *seed_args], args.threads)
 
+    refs = {split: references(text, split) for split in ("valid", "test")}
+
     def test_bleu(hypotheses: List[str]) -> float:
-        return corpus_bleu(hypotheses, references(text, "test"))
+        return corpus_bleu(hypotheses, refs["test"])
 
     nbest = {split: generate(mt_bin, text, mt, split, run_dir / f"{split}.nbest", args.beam,
                              args.threads, ["--nbest", str(args.beam)])
@@ -189,9 +191,9 @@ def run_seed(args: argparse.Namespace, text: Path, mt_bin: Path, lm_bin: Path,
                         ["--task", "translation_lm_fusion", "--lm-path", str(lm),
                          "--lm-weight", weight])
 
-    dev = {w: corpus_bleu(first_best(fusion("valid", w)), references(text, "valid"))
+    dev = {w: corpus_bleu(first_best(fusion("valid", w)), refs["valid"])
            for w in args.fusion_weights.split(",")}
-    dev_beam = corpus_bleu(first_best(nbest["valid"]), references(text, "valid"))
+    dev_beam = corpus_bleu(first_best(nbest["valid"]), refs["valid"])
     weight = max(dev, key=dev.get)
     print(f"seed {seed}: fusion on val: beam {dev_beam:.2f}; " +
           ", ".join(f"weight {w}: {b:.2f}" for w, b in dev.items()) + f"; chosen {weight}",
