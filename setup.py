@@ -23,7 +23,10 @@ setup(
     package_data={"fairseq_awd": ["csrc/*.cu", "csrc/*.cpp"]},
     ext_modules=[forget_mult_cpu],
     cmdclass={"build_ext": BuildExtension},
-    entry_points={"console_scripts": ["fairseq-awd-rescore = fairseq_awd.rescoring.cli:main"]},
+    entry_points={"console_scripts": [
+        "fairseq-awd-rescore = fairseq_awd.rescoring.cli:main",
+        "fairseq-awd-eval = fairseq_awd.evaluation.cli:cli_main",
+    ]},
     install_requires=[
         # No torch pin: CPU and CUDA users install the build they need first.
         "torch>=2.1",
@@ -38,6 +41,8 @@ setup(
     ],
     extras_require={
         "cuda": ["cupy-cuda12x"],
-        "dev": ["pytest>=7", "ruff>=0.4"],
+        # scripts/plot_valid_curve.py
+        "plot": ["matplotlib>=3.5"],
+        "dev": ["pytest>=7", "ruff>=0.4", "matplotlib>=3.5"],
     },
 )

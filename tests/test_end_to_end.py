@@ -139,6 +139,37 @@ def test_resume_with_averaging_matches_uninterrupted_run(corpus, tmp_path):
     assert not any(torch.equal(s["ax"], s["raw"]) for s in opt_a["state"].values())
 
 
+def test_finetuning_stage_averages_and_stops_on_the_nonmonotone_condition(corpus, tmp_path):
+    """finetune.py as fairseq flags: restart from checkpoint_best with ASGD from the first
+    step, validate the averaged model, stop when the non-monotone condition fires."""
+    data, _ = corpus
+    base, tuned = tmp_path / "base", tmp_path / "finetuned"
+    train(data, base, ["--max-epoch", "1", "--no-epoch-checkpoints"])
+    # lr 200 degrades the model epoch after epoch, so that with --nonmono 1 the condition
+    # (a loss worse than the best but the last one) fires at the third validation.
+    proc = train(data, tuned, [
+        "--restore-file", str(base / "checkpoint_best.pt"), "--reset-optimizer",
+        "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler", "--average-from-start",
+        "--nonmono", "1", "--lr", "200", "--max-epoch", "6", "--no-epoch-checkpoints",
+    ])
+    output = proc.stdout + proc.stderr
+    valid = [float(record["valid_loss"]) for record in json_logs(output, "valid")]
+    assert len(valid) == 3 and valid[2] > valid[0], valid
+    assert "NT-ASGD fine-tuning done before epoch 4" in output
+    last = load_model_state(tuned / "checkpoint_last.pt")
+    assert last["extra_state"]["train_iterator"]["epoch"] == 4  # after epoch 3
+    group = last["last_optimizer_state"]["param_groups"][0]
+    assert group["average_from_start"] and group["finished"] and group["val_history"] == [
+        pytest.approx(v, abs=1e-3) for v in valid]
+    # Every parameter was averaged from the first step, and checkpoints hold the average.
+    state = last["last_optimizer_state"]["state"]
+    assert all(s["n"] == state[0]["n"] and s["n"] > 1 for s in state.values())
+    proc = run("eval_lm", [str(data), *EVAL, "--path", str(tuned / "checkpoint_best.pt"),
+                           "--gen-subset", "valid"])
+    best = min(float(r["valid_ppl"]) for r in json_logs(output, "valid"))
+    assert eval_lm_perplexity(proc.stdout + proc.stderr) == pytest.approx(best, rel=0.005)
+
+
 def test_two_workers_equal_one_worker_with_twice_the_streams(corpus, tmp_path):
     """Each worker trains on its own contiguous shard: 2 workers x 4 streams see exactly the
     streams of 1 worker x 8, so without dropout both runs end with the same weights."""

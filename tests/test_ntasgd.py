@@ -123,6 +123,41 @@ def test_trigger_never_fires_when_monotone():
     assert fire_index([5.0] * 10, nonmono=5)[0] is None
 
 
+def test_average_from_start_matches_torch_asgd_from_the_first_step():
+    """The fine-tuning stage (finetune.py): ASGD(t0=0, lambd=0) from the first step."""
+    model, ref = make_model(), make_model()
+    opt = NTASGD(model.parameters(), lr=LR, weight_decay=WD, average_from_start=True)
+    ref_opt = torch.optim.ASGD(ref.parameters(), lr=LR, t0=0, lambd=0.0, weight_decay=WD)
+    assert opt.averaging
+    for batch in batches(12):
+        train_step(model, opt, batch)
+        train_step(ref, ref_opt, batch)
+        assert_close(params(model), params(ref))
+        assert_close(
+            [opt.state[p]["ax"] for p in model.parameters()],
+            [ref_opt.state[p]["ax"] for p in ref.parameters()],
+        )
+    opt.use_average_weights()
+    assert_close(params(model), [ref_opt.state[p]["ax"] for p in ref.parameters()])
+
+
+def test_average_from_start_finishes_on_the_nonmonotone_condition():
+    opt = NTASGD(make_model().parameters(), lr=LR, nonmono=2, average_from_start=True)
+    losses = [5, 4, 3, 3.5, 3.2, 3.4, 9.0]
+    fired = [opt.observe_validation_loss(v) for v in losses]
+    # The same check as the trigger (i=5: 3.4 > min([5, 4, 3])), but it means "done", and
+    # losses stay recorded after it, as finetune.py's best_val_loss list.
+    assert fired == [False, False, False, False, False, True, True]
+    assert opt.finished and opt.averaging
+    assert opt.param_groups[0]["val_history"] == losses
+    state = copy.deepcopy(opt.state_dict())
+    again = NTASGD(make_model().parameters(), lr=LR, nonmono=2, average_from_start=True)
+    again.load_state_dict(state)
+    assert again.finished
+    plain = NTASGD(make_model().parameters(), lr=LR, nonmono=2)
+    assert not plain.finished
+
+
 def averaged_setup(steps: int = 6):
     model = make_model()
     opt = NTASGD(model.parameters(), lr=LR, weight_decay=WD)
@@ -222,7 +257,8 @@ def test_fairseq_registration_builds_ntasgd():
     assert isinstance(fs_opt.optimizer, NTASGD)
     group = fs_opt.optimizer.param_groups[0]
     assert (group["nonmono"], group["weight_decay"], group["lr"]) == (3, 1e-5, 0.5)
-    assert fs_opt.optimizer_config == {"lr": 0.5, "weight_decay": 1e-5, "nonmono": 3}
+    assert fs_opt.optimizer_config == {"lr": 0.5, "weight_decay": 1e-5, "nonmono": 3,
+                                       "average_from_start": False}
     fired = [fs_opt.observe_validation_loss(v) for v in (4.0, 3.0, 2.0, 1.0, 4.5)]
     assert fired == [False, False, False, False, True] and fs_opt.averaging
 
@@ -249,7 +285,8 @@ def test_fairseq_command_line():
     cfg = convert_namespace_to_omegaconf(args)
     assert list(cfg.lr_scheduler.when) == [3, 5] and cfg.lr_scheduler.when_factor == 4.0
     fs_opt = build_optimizer(cfg.optimizer, list(make_model().parameters()))
-    assert fs_opt.optimizer_config == {"lr": 30.0, "weight_decay": 1e-4, "nonmono": 2}
+    assert fs_opt.optimizer_config == {"lr": 30.0, "weight_decay": 1e-4, "nonmono": 2,
+                                       "average_from_start": False}
     sched = build_lr_scheduler(cfg.lr_scheduler, fs_opt)
     assert isinstance(sched, DivideAtEpochsSchedule)
     assert [sched.step_begin_epoch(e) for e in range(1, 8)] == pytest.approx(

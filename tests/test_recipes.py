@@ -46,8 +46,10 @@ def data(tmp_path_factory):
         "test": real_text_lines("test", 10)})
 
 
-def run_recipe(recipe, data, save_dir, options):
+def run_recipe(recipe, data, save_dir, options, base_checkpoint=None):
     env = one_thread_env()
+    if base_checkpoint is not None:
+        env["BASE_CHECKPOINT"] = str(base_checkpoint)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
     return subprocess.run(
         ["bash", str(REPO / "scripts" / "recipes" / "awd.sh"), recipe, str(data), str(save_dir),
@@ -71,3 +73,25 @@ def test_unknown_recipe(data, tmp_path):
     proc = run_recipe("gru-ptb", data, tmp_path, [])
     assert proc.returncode == 1
     assert "unknown recipe 'gru-ptb'" in proc.stderr
+
+
+def test_finetune_stage_restarts_from_the_trained_model_and_scores_the_cache(tmp_path):
+    data = binarize(tmp_path / "bin", {
+        "train": real_text_lines("train", 300), "valid": real_text_lines("valid", 60),
+        "test": real_text_lines("test", 40)})
+    tiny = ["--decoder-embed-dim", "24", "--decoder-hidden-size", "40", "--batch-size", "8"]
+    base = run_recipe("lstm-ptb", data, tmp_path / "base", tiny)
+    assert base.returncode == 0, base.stderr[-3000:]
+    proc = run_recipe("lstm-ptb-finetune", data, tmp_path / "tuned", tiny,
+                      base_checkpoint=tmp_path / "base" / "checkpoint_best.pt")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "'average_from_start': True" in output and "'seed': 141" in output
+    assert "Loaded checkpoint " + str(tmp_path / "base" / "checkpoint_best.pt") in output
+    # eval-lm on valid and test, then the cache pointer (window 500) on both
+    assert output.count("Perplexity:") == 4
+    assert "scoring test with --cache-theta 1, --cache-lambda 0.1" in output
+    missing = run_recipe("lstm-ptb-finetune", data, tmp_path / "other", tiny,
+                         base_checkpoint=tmp_path / "nothing.pt")
+    assert missing.returncode == 1 and f"no {tmp_path / 'nothing.pt'} to fine-tune" in (
+        missing.stderr)

@@ -1,6 +1,7 @@
 """Plain-PyTorch building blocks of AWD-LSTM and AWD-QRNN; none of them imports fairseq."""
 
 from .adaptive_softmax import TiedAdaptiveSoftmax
+from .cache_pointer import CacheAttention, ContinuousCache, mix_with_cache
 from .concat_pooling import PoolingClassifierHead, concat_pool
 from .embedding_dropout import embedding_dropout
 from .forget_mult import forget_mult, forget_mult_reference
@@ -10,6 +11,8 @@ from .regularization import activation_regularization, temporal_activation_regul
 from .weight_drop import WeightDropLSTM
 
 __all__ = [
+    "CacheAttention",
+    "ContinuousCache",
     "LockedDropout",
     "PoolingClassifierHead",
     "QRNN",
@@ -23,5 +26,6 @@ __all__ = [
     "embedding_dropout",
     "forget_mult",
     "forget_mult_reference",
+    "mix_with_cache",
     "temporal_activation_regularization",
 ]

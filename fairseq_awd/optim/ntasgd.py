@@ -39,18 +39,25 @@ class NTASGD(torch.optim.Optimizer):
     Unlike the reference, the learning rate is not reset to its initial value at the switch:
     ``param_groups[*]["lr"]`` is used as it is, so an lr scheduler keeps control of it.
 
+    With ``average_from_start`` (the reference's fine-tuning stage, ``finetune.py``) the
+    optimizer averages from its first step, exactly ``torch.optim.ASGD(t0=0, lambd=0)``, and
+    keeps recording validation losses; the non-monotone condition then means that
+    fine-tuning is done (:attr:`finished`) instead of switching to averaging.
+
     State, all saved by :meth:`state_dict`:
 
     * ``param_groups[0]["val_history"]``: validation losses observed before the switch;
     * ``param_groups[0]["averaging"]``: whether the trigger has fired;
     * ``param_groups[0]["swapped"]``: whether the parameters currently hold ``ax``;
+    * ``param_groups[0]["finished"]``: with ``average_from_start``, whether the condition fired;
     * ``state[p]["ax"]``: average of the iterates, shape of ``p``;
     * ``state[p]["n"]``: number of steps of ``p`` since the switch;
     * ``state[p]["raw"]``: the SGD iterate of ``p``, only while swapped.
     """
 
     def __init__(
-        self, params: Params, lr: float, weight_decay: float = 0.0, nonmono: int = 5
+        self, params: Params, lr: float, weight_decay: float = 0.0, nonmono: int = 5,
+        average_from_start: bool = False,
     ) -> None:
         if lr < 0.0:
             raise FairseqAWDError(f"--lr must be non-negative, got {lr}")
@@ -59,12 +66,23 @@ class NTASGD(torch.optim.Optimizer):
         if nonmono < 1:
             raise FairseqAWDError(f"--nonmono must be at least 1, got {nonmono}")
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, nonmono=nonmono))
-        self.param_groups[0].update(val_history=[], averaging=False, swapped=False)
+        self.param_groups[0].update(
+            val_history=[], averaging=average_from_start, swapped=False,
+            average_from_start=average_from_start, finished=False,
+        )
 
     @property
     def averaging(self) -> bool:
-        """Whether the non-monotone trigger has fired and iterates are being averaged."""
-        return bool(self.param_groups[0]["averaging"])
+        """Whether iterates are being averaged: the non-monotone trigger has fired, or the
+        optimizer averages from the start."""
+        group = self.param_groups[0]
+        return bool(group["averaging"] or group.get("average_from_start", False))
+
+    @property
+    def finished(self) -> bool:
+        """With ``average_from_start``: whether the non-monotone condition has fired, i.e.
+        the fine-tuning stage is over."""
+        return bool(self.param_groups[0].get("finished", False))
 
     @property
     def swapped(self) -> bool:
@@ -77,23 +95,28 @@ class NTASGD(torch.optim.Optimizer):
         self.param_groups[0]["averaging"] = True
 
     def observe_validation_loss(self, loss: float) -> bool:
-        """Record a validation loss; return True iff this call switches to averaging.
+        """Record a validation loss; return True iff the non-monotone condition fires now.
 
-        The non-monotone condition of Algorithm 1 (``nonmono`` is its ``n``): switch when more
-        than ``nonmono`` losses have been seen and ``loss`` is worse than the best of all but
-        the last ``nonmono`` of them. ``loss`` is appended to the history afterwards, whether
-        or not it triggered; once averaging, losses are no longer recorded, as in the reference.
+        The condition of Algorithm 1 (``nonmono`` is its ``n``): more than ``nonmono`` losses
+        have been seen and ``loss`` is worse than the best of all but the last ``nonmono`` of
+        them. ``loss`` is appended to the history afterwards, whether or not it fired.
+        Training from scratch, firing switches to averaging and later losses are no longer
+        recorded, as in the reference's ``main.py``; with ``average_from_start``, firing sets
+        :attr:`finished` (its ``finetune.py`` stops there) and losses stay recorded.
         """
         group = self.param_groups[0]
-        if group["averaging"]:
+        from_start = group.get("average_from_start", False)
+        if self.averaging and not from_start:
             return False
         loss = float(loss)
         history, nonmono = group["val_history"], group["nonmono"]
-        switch = len(history) > nonmono and loss > min(history[:-nonmono])
+        fires = len(history) > nonmono and loss > min(history[:-nonmono])
         group["val_history"] = history + [loss]
-        if switch:
+        if fires and from_start:
+            group["finished"] = True
+        elif fires:
             self.start_averaging()
-        return switch
+        return fires
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
@@ -142,7 +165,7 @@ class NTASGD(torch.optim.Optimizer):
         (no step since the switch) keep their value.
         """
         group = self.param_groups[0]
-        if not group["averaging"] or group["swapped"]:
+        if not self.averaging or group["swapped"]:
             return
         for p in self._params():
             state = self.state.get(p, {})
@@ -177,6 +200,14 @@ class NTASGDConfig(FairseqDataclass):
     weight_decay: float = field(
         default=1.2e-6, metadata={"help": "L2 weight decay (the reference's --wdecay)"}
     )
+    average_from_start: bool = field(
+        default=False,
+        metadata={
+            "help": "the fine-tuning stage (the reference's finetune.py): average the iterates "
+            "from the first step (ASGD with t0=0) and stop training when the non-monotone "
+            "condition fires on the averaged model's validation loss"
+        },
+    )
     lr: List[float] = II("optimization.lr")
 
 
@@ -202,7 +233,8 @@ class FairseqNTASGD(FairseqOptimizer):
         different learning rate.
         """
         lr = self.cfg.lr[0] if isinstance(self.cfg.lr, Collection) else self.cfg.lr
-        return {"lr": lr, "weight_decay": self.cfg.weight_decay, "nonmono": self.cfg.nonmono}
+        return {"lr": lr, "weight_decay": self.cfg.weight_decay, "nonmono": self.cfg.nonmono,
+                "average_from_start": getattr(self.cfg, "average_from_start", False)}
 
     @property
     def supports_flat_params(self) -> bool:
@@ -211,6 +243,10 @@ class FairseqNTASGD(FairseqOptimizer):
     @property
     def averaging(self) -> bool:
         return self._optimizer.averaging
+
+    @property
+    def finished(self) -> bool:
+        return self._optimizer.finished
 
     def observe_validation_loss(self, loss: float) -> bool:
         return self._optimizer.observe_validation_loss(loss)

@@ -90,6 +90,7 @@ class AWDLanguageModelingTask(FairseqTask):
         self._lr_scale: Optional[StepLRScale] = None
         self._optimizer = None
         self._observed_validation = False
+        self._finetuning_done = False
 
     @classmethod
     def setup_task(cls, cfg: AWDLanguageModelingConfig, **kwargs):
@@ -130,6 +131,11 @@ class AWDLanguageModelingTask(FairseqTask):
         return self.cfg.test_batch_size if split.startswith("test") else self.cfg.valid_batch_size
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
+        self.datasets[split] = self.load_streams(split, self._streams_for(split), epoch, combine)
+
+    def load_streams(self, split: str, num_streams: int, epoch: int = 1,
+                     combine: bool = False) -> BPTTStreams:
+        """``split`` laid out as ``num_streams`` streams on this worker's shard."""
         paths = utils.split_paths(self.cfg.data)
         prefix = os.path.join(paths[(epoch - 1) % len(paths)], split)
         if os.path.isfile(prefix + ".bin") and os.path.getsize(prefix + ".bin") == 0:
@@ -146,15 +152,15 @@ class AWDLanguageModelingTask(FairseqTask):
             shard_id = dist_utils.get_data_parallel_rank()
         else:
             num_shards, shard_id = 1, 0
-        self.datasets[split] = BPTTStreams(
-            split, tokens, self._streams_for(split), min_length=self.cfg.bptt + 1,
+        streams = BPTTStreams(
+            split, tokens, num_streams, min_length=self.cfg.bptt + 1,
             num_shards=num_shards, shard_id=shard_id,
         )
         logger.info(
             "%s: %d tokens as %d streams of %d on shard %d/%d", split, tokens.numel(),
-            self.datasets[split].batch_size, self.datasets[split].stream_length,
-            shard_id, num_shards,
+            streams.batch_size, streams.stream_length, shard_id, num_shards,
         )
+        return streams
 
     def windows(self, streams: BPTTStreams, epoch: int):
         """The epoch's BPTT windows, each as a one-item batch ``[(start, length)]``."""
@@ -176,7 +182,7 @@ class AWDLanguageModelingTask(FairseqTask):
         # The dataset is already this worker's shard: fairseq's num_shards/shard_id do not apply.
         return iterators.EpochBatchIterator(
             dataset=dataset,
-            collate_fn=self._collate,
+            collate_fn=self.collate_window,
             batch_sampler=self.windows,
             num_workers=num_workers,
             epoch=epoch,
@@ -196,7 +202,8 @@ class AWDLanguageModelingTask(FairseqTask):
             dataset, num_workers=num_workers, data_buffer_size=data_buffer_size
         ).next_epoch_itr(shuffle=False)
 
-    def _collate(self, items):
+    def collate_window(self, items):
+        """A one-item list ``[BPTTStreams item]`` -> a fairseq sample of ``B`` streams."""
         (inputs, targets, start, split), = items
         batch, length = inputs.shape
         net_input = {"src_tokens": inputs, "src_lengths": torch.full((batch,), length)}
@@ -236,8 +243,23 @@ class AWDLanguageModelingTask(FairseqTask):
         if self._observed_validation or not hasattr(torch_optimizer, "observe_validation_loss"):
             return
         self._observed_validation = True
-        if torch_optimizer.observe_validation_loss(float(stats["loss"])):
+        if not torch_optimizer.observe_validation_loss(float(stats["loss"])):
+            return
+        if getattr(torch_optimizer, "finished", False):
+            self._finetuning_done = True
+            logger.info("NT-ASGD fine-tuning: the averaged model's validation loss is worse than "
+                        "the best before the last --nonmono checks; stopping after this "
+                        "epoch's checkpoints (checkpoint_best.pt holds the best averaged model)")
+        else:
             logger.info("NT-ASGD: validation loss stopped improving, switching to averaged SGD")
+
+    def begin_epoch(self, epoch, model):
+        """End the fine-tuning stage (``--average-from-start``) once the non-monotone
+        condition has fired, as the reference's ``finetune.py`` does: the previous epoch's
+        checkpoints are written by then. fairseq's loop has no stop signal a task can give."""
+        if self._finetuning_done:
+            logger.info("NT-ASGD fine-tuning done before epoch %d", epoch)
+            raise SystemExit(0)
 
     # inference (fairseq-generate/-interactive, hub) works on whole sentences
 
