@@ -52,12 +52,12 @@ def test_before_trigger_equals_sgd():
     assert all(not opt.state[p] for p in model.parameters())
 
 
-def test_after_trigger_matches_torch_asgd():
-    model, ref = make_model(), make_model()
-    opt = NTASGD(model.parameters(), lr=LR, weight_decay=WD)
-    opt.start_averaging()
+def train_beside_torch_asgd(model, opt, steps: int) -> torch.optim.ASGD:
+    """Train ``model`` with ``opt`` and a copy with ``torch.optim.ASGD(t0=0, lambd=0)`` on
+    the same batches, checking after every step that iterates and averages agree."""
+    ref = make_model()
     ref_opt = torch.optim.ASGD(ref.parameters(), lr=LR, t0=0, lambd=0.0, weight_decay=WD)
-    for batch in batches(20):
+    for batch in batches(steps):
         train_step(model, opt, batch)
         train_step(ref, ref_opt, batch)
         assert_close(params(model), params(ref))
@@ -65,6 +65,14 @@ def test_after_trigger_matches_torch_asgd():
             [opt.state[p]["ax"] for p in model.parameters()],
             [ref_opt.state[p]["ax"] for p in ref.parameters()],
         )
+    return ref_opt
+
+
+def test_after_trigger_matches_torch_asgd():
+    model = make_model()
+    opt = NTASGD(model.parameters(), lr=LR, weight_decay=WD)
+    opt.start_averaging()
+    train_beside_torch_asgd(model, opt, 20)
     # Average of iterates 2..20 (torch's ASGD convention with t0=0).
     iterates, check = [], make_model()
     check_opt = NTASGD(check.parameters(), lr=LR, weight_decay=WD)
@@ -125,20 +133,12 @@ def test_trigger_never_fires_when_monotone():
 
 def test_average_from_start_matches_torch_asgd_from_the_first_step():
     """The fine-tuning stage (finetune.py): ASGD(t0=0, lambd=0) from the first step."""
-    model, ref = make_model(), make_model()
+    model = make_model()
     opt = NTASGD(model.parameters(), lr=LR, weight_decay=WD, average_from_start=True)
-    ref_opt = torch.optim.ASGD(ref.parameters(), lr=LR, t0=0, lambd=0.0, weight_decay=WD)
     assert opt.averaging
-    for batch in batches(12):
-        train_step(model, opt, batch)
-        train_step(ref, ref_opt, batch)
-        assert_close(params(model), params(ref))
-        assert_close(
-            [opt.state[p]["ax"] for p in model.parameters()],
-            [ref_opt.state[p]["ax"] for p in ref.parameters()],
-        )
+    ref_opt = train_beside_torch_asgd(model, opt, 12)
     opt.use_average_weights()
-    assert_close(params(model), [ref_opt.state[p]["ax"] for p in ref.parameters()])
+    assert_close(params(model), [s["ax"] for s in ref_opt.state.values()])
 
 
 def test_average_from_start_finishes_on_the_nonmonotone_condition():

@@ -14,6 +14,7 @@ one on ``--gen-subset``.
 """
 
 import argparse
+import ast
 import itertools
 import logging
 import math
@@ -126,6 +127,9 @@ def check_options(args: argparse.Namespace) -> Dict[str, List[float]]:
     if args.dynamic_stats_streams < 1:
         raise FairseqAWDError(f"--dynamic-stats-streams must be positive, got "
                               f"{args.dynamic_stats_streams}")
+    if not args.path:
+        raise FairseqAWDError("--path is required: the checkpoint to evaluate, e.g. "
+                              "--path CKPT/checkpoint_best.pt")
     if ":" in args.path:
         raise FairseqAWDError("fairseq-awd-eval scores one model: give one --path")
     if args.softmax_batch != sys.maxsize and (args.cache_window or args.dynamic_eval):
@@ -169,7 +173,7 @@ class Evaluator:
             raise FairseqAWDError(f"--path: no checkpoint at {cfg.common_eval.path}")
         self.task = tasks.setup_task(cfg.task)
         models, _, self.task = checkpoint_utils.load_model_ensemble_and_task(
-            [cfg.common_eval.path], arg_overrides=eval(cfg.common_eval.model_overrides),
+            [cfg.common_eval.path], arg_overrides=ast.literal_eval(cfg.common_eval.model_overrides),
             task=self.task,
         )
         self.model = models[0]
@@ -268,7 +272,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     evaluator = Evaluator(cfg, args)
     setting = {name: values[0] for name, values in grids.items()}
     if args.tune_subset:
-        setting, table = tune(evaluator, grids, args.tune_subset)
+        setting, _ = tune(evaluator, grids, args.tune_subset)
         logger.info("best on %s: %s", args.tune_subset, format_setting(setting))
     if setting:
         logger.info("scoring %s with %s", cfg.dataset.gen_subset, format_setting(setting))
