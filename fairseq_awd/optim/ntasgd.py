@@ -46,7 +46,8 @@ class NTASGD(torch.optim.Optimizer):
 
     State, all saved by :meth:`state_dict`:
 
-    * ``param_groups[0]["val_history"]``: validation losses observed before the switch;
+    * ``param_groups[0]["val_history"]``: validation losses observed before the switch (all
+      of them with ``average_from_start``);
     * ``param_groups[0]["averaging"]``: whether the trigger has fired;
     * ``param_groups[0]["swapped"]``: whether the parameters currently hold ``ax``;
     * ``param_groups[0]["finished"]``: with ``average_from_start``, whether the condition fired;

@@ -243,14 +243,13 @@ class AWDLanguageModelingTask(FairseqTask):
         if self._observed_validation or not hasattr(torch_optimizer, "observe_validation_loss"):
             return
         self._observed_validation = True
-        if not torch_optimizer.observe_validation_loss(float(stats["loss"])):
-            return
-        if getattr(torch_optimizer, "finished", False):
+        fired = torch_optimizer.observe_validation_loss(float(stats["loss"]))
+        if getattr(torch_optimizer, "finished", False):  # now, or before a resume
             self._finetuning_done = True
             logger.info("NT-ASGD fine-tuning: the averaged model's validation loss is worse than "
                         "the best before the last --nonmono checks; stopping after this "
                         "epoch's checkpoints (checkpoint_best.pt holds the best averaged model)")
-        else:
+        elif fired:
             logger.info("NT-ASGD: validation loss stopped improving, switching to averaged SGD")
 
     def begin_epoch(self, epoch, model):
