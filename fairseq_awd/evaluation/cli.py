@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from fairseq import checkpoint_utils, options, tasks, utils
@@ -42,6 +42,7 @@ from fairseq_awd.optim.dynamic_eval import (
     KRAUSE_SEGMENT_LENGTH,
     KRAUSE_STATISTICS_BATCH_SIZE,
     DynamicEvaluation,
+    check_hyperparameters,
 )
 
 logger = logging.getLogger("fairseq_awd.evaluation")
@@ -149,10 +150,8 @@ def check_options(args: argparse.Namespace) -> Dict[str, List[float]]:
             args.dynamic_lr, "--dynamic-lr", None if args.dynamic_sgd else KRAUSE_PTB_LR)
         grids["dynamic_decay"] = parse_grid(
             args.dynamic_decay, "--dynamic-decay", 0.0 if args.dynamic_sgd else KRAUSE_PTB_DECAY)
-        for option in ("dynamic_lr", "dynamic_decay"):
-            if any(v < 0 for v in grids[option]):
-                raise FairseqAWDError(f"--{option.replace('_', '-')} must be non-negative, got "
-                                      f"{getattr(args, option)}")
+        for lr, decay in itertools.product(grids["dynamic_lr"], grids["dynamic_decay"]):
+            check_hyperparameters(lr, decay)
     is_grid = any(len(values) > 1 for values in grids.values())
     if is_grid and not args.tune_subset:
         raise FairseqAWDError("a comma-separated list is a grid: give --tune-subset valid (the "
@@ -204,8 +203,7 @@ class Evaluator:
 
     def scorer(self, setting: Dict[str, float]) -> torch.nn.Module:
         model = self.model
-        if self.optimizer is not None:
-            self.optimizer.reset()
+        if self.optimizer is not None:  # at the trained weights: score() resets after use
             self.optimizer.set_hyperparameters(setting["dynamic_lr"], setting["dynamic_decay"])
             model = DynamicEvalLM(model, self.optimizer, self.task.target_dictionary.pad())
         if self.args.cache_window:
@@ -243,18 +241,17 @@ class Evaluator:
         return results
 
 
-def tune(evaluator: Evaluator, grids: Dict[str, List[float]], split: str
-         ) -> Tuple[Dict[str, float], List[Tuple[Dict[str, float], float]]]:
-    """Score every combination of ``grids`` on ``split``; return the best and all."""
+def tune(evaluator: Evaluator, grids: Dict[str, List[float]], split: str) -> Dict[str, float]:
+    """Score every combination of ``grids`` on ``split`` (each logged); return the best."""
     names = [name for name in GRID_OPTIONS if name in grids]
-    table = []
+    best, best_ppl = {}, math.inf
     for values in itertools.product(*(grids[name] for name in names)):
         setting = dict(zip(names, values))
         ppl = float(evaluator.score(split, setting)["perplexity"])
-        table.append((setting, ppl))
         logger.info("tune on %s: %s: Perplexity: %.2f", split, format_setting(setting), ppl)
-    best = min(table, key=lambda row: row[1])[0]
-    return best, table
+        if ppl < best_ppl:
+            best, best_ppl = setting, ppl
+    return best
 
 
 def format_setting(setting: Dict[str, float]) -> str:
@@ -272,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     evaluator = Evaluator(cfg, args)
     setting = {name: values[0] for name, values in grids.items()}
     if args.tune_subset:
-        setting, _ = tune(evaluator, grids, args.tune_subset)
+        setting = tune(evaluator, grids, args.tune_subset)
         logger.info("best on %s: %s", args.tune_subset, format_setting(setting))
     if setting:
         logger.info("scoring %s with %s", cfg.dataset.gen_subset, format_setting(setting))

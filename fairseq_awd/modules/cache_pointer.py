@@ -100,7 +100,7 @@ def mix_with_cache(vocab_log_probs: torch.Tensor, attention: CacheAttention,
     batch, length, keys = attention.weights.shape
     index = attention.words.unsqueeze(1).expand(batch, length, keys)
     # p_ptr of each cached word, duplicates summed: scattered over V, then read back.
-    p_ptr = lprobs.new_zeros(lprobs.shape).scatter_add_(2, index, attention.weights)
+    p_ptr = attention.distribution(lprobs.size(-1))
     mixed_cached = torch.logaddexp(lprobs.gather(2, index) + log_keep,
                                    p_ptr.gather(2, index).log() + log_lambda)
     mixed = (lprobs + log_keep).scatter_(2, index, mixed_cached)

@@ -31,7 +31,8 @@ _NO_STATISTICS = (
 )
 
 
-def _check_hyperparameters(lr: float, decay: float) -> None:
+def check_hyperparameters(lr: float, decay: float) -> None:
+    """Refuse a negative (or NaN) learning rate or decay, naming the option."""
     if not lr >= 0.0:
         raise FairseqAWDError(f"--dynamic-lr must be non-negative, got {lr}")
     if not decay >= 0.0:
@@ -71,7 +72,7 @@ class DynamicEvaluation(torch.optim.Optimizer):
         epsilon: float = KRAUSE_EPSILON,
         rms: bool = True,
     ) -> None:
-        _check_hyperparameters(lr, decay)
+        check_hyperparameters(lr, decay)
         if not epsilon > 0.0:
             raise FairseqAWDError(f"--dynamic-epsilon must be positive, got {epsilon}")
         super().__init__(params, dict(lr=lr, decay=decay, epsilon=epsilon, rms=rms))
@@ -184,6 +185,6 @@ class DynamicEvaluation(torch.optim.Optimizer):
 
     def set_hyperparameters(self, lr: float, decay: float) -> None:
         """Validate ``lr`` and ``decay`` and set them for every parameter group."""
-        _check_hyperparameters(lr, decay)
+        check_hyperparameters(lr, decay)
         for group in self.param_groups:
             group.update(lr=lr, decay=decay)
