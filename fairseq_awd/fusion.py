@@ -23,6 +23,7 @@ from fairseq.data import Dictionary
 from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
 from torch import nn
 
+from fairseq_awd.dictionary_check import check_dictionary, dictionary_fingerprint
 from fairseq_awd.errors import FairseqAWDError
 
 IncrementalState = Dict[str, Dict[str, Optional[torch.Tensor]]]
@@ -37,15 +38,15 @@ def check_lm_dictionary(lm_model: nn.Module, target_dictionary: Dictionary,
     if lm_dictionary is None:
         raise FairseqAWDError("--lm-path: the language model has no decoder dictionary; "
                               "shallow fusion needs a fairseq language model")
-    if list(lm_dictionary.symbols) != list(target_dictionary.symbols):
-        raise FairseqAWDError(
-            f"--lm-path: the language model's dictionary ({len(lm_dictionary)} types) differs "
-            f"from {target_path} ({len(target_dictionary)} types, or the same types in another "
-            "order), so fused scores would add up different words; binarize the LM corpus "
-            "with fairseq-preprocess --only-source --srcdict set to the translation model's "
-            "dict.TGT.txt, train the LM on it, and put that dictionary as dict.txt in the "
-            "translation data directory"
-        )
+    check_dictionary(
+        target_dictionary, len(lm_dictionary), dictionary_fingerprint(lm_dictionary),
+        f"--lm-path: the language model's dictionary ({len(lm_dictionary)} types) differs "
+        f"from {target_path} ({len(target_dictionary)} types, or the same types in another "
+        "order), so fused scores would add up different words; binarize the LM corpus "
+        "with fairseq-preprocess --only-source --srcdict set to the translation model's "
+        "dict.TGT.txt, train the LM on it, and put that dictionary as dict.txt in the "
+        "translation data directory",
+    )
 
 
 class IncrementalLM(nn.Module):

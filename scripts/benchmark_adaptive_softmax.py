@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fairseq.data import Dictionary  # noqa: E402
 
 from fairseq_awd.criterions.awd_cross_entropy import AWDCrossEntropyCriterion  # noqa: E402
+from fairseq_awd.errors import install_excepthook  # noqa: E402
 from fairseq_awd.models.awd_lstm_lm import AWDLSTMConfig, AWDLSTMLanguageModel  # noqa: E402
 from fairseq_awd.models.awd_qrnn_lm import AWDQRNNConfig, AWDQRNNLanguageModel  # noqa: E402
 
@@ -261,4 +262,5 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
+    install_excepthook()  # bad input as one line
     main()

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from benchmark_overhead import PAPER_PTB, fairseq_train, run_child, throughput  # noqa: E402
 
+from fairseq_awd.errors import install_excepthook  # noqa: E402
 from fairseq_awd.modules import QRNNLayer  # noqa: E402
 from fairseq_awd.modules.forget_mult import forget_mult  # noqa: E402
 
@@ -253,4 +254,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    install_excepthook()  # bad input as one line
     main()

@@ -44,7 +44,7 @@ from recipe_utils import (  # noqa: E402
     write_lines,
 )
 
-from fairseq_awd.errors import FairseqAWDError  # noqa: E402  (also installs the excepthook)
+from fairseq_awd.errors import FairseqAWDError, install_excepthook  # noqa: E402
 from fairseq_awd.rescoring.nbest import parse_nbest  # noqa: E402
 from fairseq_awd.rescoring.rerank import corpus_bleu  # noqa: E402
 
@@ -248,4 +248,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    install_excepthook()  # bad input as one line
     main()

@@ -48,7 +48,7 @@ from recipe_utils import (  # noqa: E402,I001
     write_lines,
 )
 
-from fairseq_awd.errors import FairseqAWDError  # noqa: E402  (also installs the excepthook)
+from fairseq_awd.errors import FairseqAWDError, install_excepthook  # noqa: E402
 
 VALID_SIZE = 500
 CLASSIFIER_BATCH = 32
@@ -241,4 +241,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    install_excepthook()  # bad input as one line
     main()

@@ -104,10 +104,21 @@ def load_model_state(path: Path) -> dict:
     return checkpoint_utils.load_checkpoint_to_cpu(str(path))
 
 
-def assert_same_tensors(a: dict, b: dict, atol: float = 1e-6) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.allclose(a[key].float(), b[key].float(), atol=atol, rtol=0), key
+def assert_same_tensors(a, b, atol: float = 1e-6, key: str = "") -> None:
+    """``a`` and ``b`` (tensors, or dicts/lists/tuples of them and of plain values, such as a
+    model's state dict) are equal, tensors to ``atol``."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), key
+        for name in a:
+            assert_same_tensors(a[name], b[name], atol, f"{key}.{name}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), key
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, atol, f"{key}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.allclose(a.float(), b.float(), atol=atol, rtol=0), key
+    else:
+        assert a == b, key
 
 
 def assert_samples_and_beam_search(data: Path, checkpoint: Path, sampling: List[str] = ()) -> None:

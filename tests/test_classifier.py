@@ -21,7 +21,8 @@ from fairseq_cli_helpers import (
     train,
 )
 
-from fairseq_awd.modules import concat_pool
+from fairseq_awd.modules import AWDEncoder, concat_pool
+from fairseq_awd.optim.discriminative_adam import layer_depth_of
 
 TINY = ["--decoder-embed-dim", "24", "--decoder-hidden-size", "40", "--decoder-layers", "2"]
 CLASSIFY = [
@@ -152,8 +153,29 @@ def test_pretrained_lm_weights_arrive(classification, lms, kind):
     assert_encoder_is_lm(state, lm)
     assert len(task.source_dictionary) == lm["embed_tokens.weight"].size(0) + 1  # + <mask>
     assert not torch.equal(state["embed_tokens.weight"][-1], torch.zeros(24))  # its own init
-    assert [p.layer_depth for p in model.parameters()] and all(
-        getattr(p, "layer_depth", None) is not None for p in model.parameters())
+    assert list(model.parameters()) and all(
+        layer_depth_of(p) is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("task", ["sentence_prediction", "awd_sentence_prediction"])
+def test_pretrained_lm_read_once_and_no_output_layer(classification, lms, task, monkeypatch):
+    """The LM checkpoint is read once (with either task), and the encoder is a plain
+    AWDEncoder: no output layer is built."""
+    lm_path = str(lms[1]["awd_lstm_lm"])
+    reads, read = [], checkpoint_utils.load_checkpoint_to_cpu
+
+    def counting_read(path, *args, **kwargs):
+        reads.append(path)
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_utils, "load_checkpoint_to_cpu", counting_read)
+    _, model, cfg = build(classification, ["--pretrained-lm", lm_path], task=task)
+    assert reads == [lm_path]
+    assert type(model.encoder) is AWDEncoder
+    assert not [k for k in model.state_dict() if k.startswith(("encoder.output",
+                                                               "encoder.adaptive"))]
+    if task == "awd_sentence_prediction":  # the checkpoints' config gets the LM's sizes
+        assert cfg.model.decoder_embed_dim == 24 and cfg.model.decoder_layers == 2
 
 
 def test_fairseq_sentence_prediction_trains_and_reloads(classification, lms, tmp_path):

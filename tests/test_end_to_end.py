@@ -139,6 +139,28 @@ def test_resume_with_averaging_matches_uninterrupted_run(corpus, tmp_path):
     assert not any(torch.equal(s["ax"], s["raw"]) for s in opt_a["state"].values())
 
 
+@pytest.mark.parametrize("extra", [
+    ["--arch", "awd_lstm_lm"], ["--arch", "awd_qrnn_lm", "--average-from-start"]])
+def test_mid_epoch_resume_matches_uninterrupted_run(corpus, tmp_path, extra):
+    """A run stopped at update 10 of an epoch of ~230 (--save-interval-updates) and resumed
+    ends as the uninterrupted run: the checkpoint carries every stream's recurrent state
+    (the QRNN's last inputs too) and, while averaging, the raw iterate beside the average."""
+    data, _ = corpus
+    flags = [*extra, "--no-epoch-checkpoints", "--save-interval-updates", "10"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(data, straight, [*flags, "--max-update", "20"])
+    train(data, resumed, [*flags, "--max-update", "10"])
+    middle = load_model_state(resumed / "checkpoint_last.pt")
+    assert middle["extra_state"]["train_iterator"]["iterations_in_epoch"] == 10
+    assert len(middle["extra_state"]["train_iterator"]["stream_states"][0]) == 2  # layers
+    train(data, resumed, [*flags, "--max-update", "20"])
+    a = load_model_state(straight / "checkpoint_last.pt")
+    b = load_model_state(resumed / "checkpoint_last.pt")
+    assert a["extra_state"]["train_iterator"]["iterations_in_epoch"] == 20
+    assert_same_tensors(a["model"], b["model"])
+    assert_same_tensors(a["last_optimizer_state"]["state"], b["last_optimizer_state"]["state"])
+
+
 def test_finetuning_stage_averages_and_stops_on_the_nonmonotone_condition(corpus, tmp_path):
     """finetune.py as fairseq flags: restart from checkpoint_best with ASGD from the first
     step, validate the averaged model, stop when the non-monotone condition fires."""

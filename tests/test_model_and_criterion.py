@@ -13,11 +13,14 @@ import torch
 import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.data import Dictionary
+from torch import nn
 
 from fairseq_awd.criterions.awd_cross_entropy import AWDCrossEntropyCriterion
+from fairseq_awd.dictionary_check import check_dictionary, dictionary_fingerprint
 from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.models.awd_lstm_lm import AWDLSTMConfig, AWDLSTMLanguageModel
 from fairseq_awd.models.awd_qrnn_lm import AWDQRNNConfig, AWDQRNNLanguageModel
+from fairseq_awd.modules import AWDEncoder
 
 E, HID, B, T = 8, 12, 3, 9
 
@@ -395,3 +398,53 @@ def test_dictionary_fingerprint_mismatch_raises(kind):
     with pytest.raises(FairseqAWDError) as err:
         other.load_state_dict(trained.state_dict())
     assert "--srcdict" in str(err.value)
+
+
+def test_one_dictionary_check():
+    """``check_dictionary``: the first ``trained_size`` symbols must be the trained ones,
+    in order; symbols after them only if allowed."""
+    trained = make_dictionary()
+    size, fingerprint = len(trained), dictionary_fingerprint(trained)
+    check_dictionary(make_dictionary(), size, fingerprint, "unused")
+    longer = make_dictionary()
+    longer.add_symbol("<mask>")
+    check_dictionary(longer, size, fingerprint, "unused", extra_symbols={"<mask>"})
+    for bad, extra in [(longer, ()), (make_dictionary(swap=(3, 11)), ("<mask>",))]:
+        with pytest.raises(FairseqAWDError, match="^the error$"):
+            check_dictionary(bad, size, fingerprint, "the error", extra_symbols=extra)
+    shorter = Dictionary()
+    with pytest.raises(FairseqAWDError):
+        check_dictionary(shorter, size, fingerprint, "the error")
+
+
+# ---------------------------------------------------------------- the encoder
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decoder_is_the_encoder_under_its_output_layer(kind):
+    """The LM decoder is an AWDEncoder whose entries keep their names: a plain AWDEncoder
+    loads them (strictly) and computes the decoder's features."""
+    model = make_model(kind=kind, untie_weights=True).eval()
+    decoder = model.decoder
+    assert isinstance(decoder, AWDEncoder)
+    encoder = AWDEncoder(nn.Embedding(V, E, DICT.pad()),
+                         [type(layer)(**layer_args(layer)) for layer in decoder.layers])
+    own = decoder.state_dict()
+    assert set(own) - set(encoder.state_dict()) == {"output_weight", "output_bias"}
+    encoder.load_state_dict({k: own[k] for k in encoder.state_dict()}, strict=True)
+    encoder.eval()
+    tokens = make_tokens()
+    features, raw, _ = decoder.extract_features(tokens)
+    expected, expected_raw, _ = encoder(tokens)
+    close(features, expected, atol=0)
+    close(raw, expected_raw, atol=0)
+    assert {n for n, _ in model.named_parameters()} <= set(model.state_dict())
+
+
+def layer_args(layer):
+    """The constructor arguments of an LSTM or QRNN layer like ``layer``."""
+    if hasattr(layer, "lstm"):
+        return dict(input_size=layer.lstm.input_size, hidden_size=layer.hidden_size,
+                    weight_dropout=layer.weight_dropout)
+    return dict(input_size=layer.input_size, hidden_size=layer.hidden_size,
+                window=layer.window, pooling=layer.pooling)

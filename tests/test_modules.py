@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairseq_awd.modules import (
+    AWDEncoder,
     LockedDropout,
+    QRNNLayer,
     WeightDropLSTM,
     activation_regularization,
     embedding_dropout,
@@ -308,6 +310,70 @@ def test_locked_dropout_rejects_non_3d(shape):
 def test_locked_dropout_invalid_p():
     with pytest.raises(ValueError):
         LockedDropout().train()(torch.ones(2, 2, 2), 1.0)
+
+
+# ---------------------------------------------------------------- the AWD encoder
+
+ENC_V, ENC_E, ENC_H = 20, 5, 7
+
+
+def make_encoder(kind: str = "lstm", seed: int = 0, **dropouts) -> AWDEncoder:
+    """A 2-layer encoder: weight-dropped LSTMs, or QRNN layers (window 2, then 1)."""
+    torch.manual_seed(seed)
+    embed = nn.Embedding(ENC_V, ENC_E, padding_idx=1)
+    if kind == "lstm":
+        layers = [WeightDropLSTM(ENC_E, ENC_H, 0.3), WeightDropLSTM(ENC_H, ENC_E, 0.3)]
+    else:
+        layers = [QRNNLayer(ENC_E, ENC_H, window=2), QRNNLayer(ENC_H, ENC_E)]
+    return AWDEncoder(embed, layers, **dropouts)
+
+
+ENC_DROPOUTS = dict(dropout=0.4, dropouth=0.3, dropouti=0.5, dropoute=0.2)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "qrnn"])
+def test_awd_encoder_is_the_dropouts_around_the_stack(kind):
+    """Training-mode outputs equal the stack composed by hand, with the same draws:
+    embedding dropout, locked dropout (input), the layers with locked dropout between
+    them, locked dropout (output)."""
+    encoder = make_encoder(kind, fingerprint=1234, **ENC_DROPOUTS).train()
+    tokens = torch.randint(2, ENC_V, (3, 6))  # (B, T)
+    torch.manual_seed(5)
+    dropped, raw, state = encoder(tokens)
+    assert dropped.shape == raw.shape == (6, 3, ENC_E)
+    assert len(state) == 2 and all(s[0].size(1) == 3 for s in state)
+    torch.manual_seed(5)
+    x = embedding_dropout(encoder.embed_tokens, tokens.t(), 0.2, True)
+    x = encoder.locked_dropout(x, 0.5)
+    x, _ = encoder.layers[0](x, None)
+    x = encoder.locked_dropout(x, 0.3)
+    x, _ = encoder.layers[1](x, None)
+    close(raw, x)
+    close(dropped, encoder.locked_dropout(x, 0.4))
+    assert set(encoder.state_dict()) == (
+        {"embed_tokens.weight", "dictionary_fingerprint"}
+        | {f"layers.{k}" for k in encoder.layers.state_dict()})
+    assert int(encoder.dictionary_fingerprint) == 1234
+    assert encoder.embed_tokens.weight.abs().max() <= 0.1  # the reference's uniform init
+
+
+@pytest.mark.parametrize("kind", ["lstm", "qrnn"])
+def test_awd_encoder_state_continues_the_sequence(kind):
+    """In eval mode (no dropout) two calls with the state carried equal one call."""
+    encoder = make_encoder(kind, **ENC_DROPOUTS).eval()
+    tokens = torch.randint(2, ENC_V, (2, 9))
+    whole, whole_raw, _ = encoder(tokens)
+    assert torch.equal(whole, whole_raw)
+    first, _, state = encoder(tokens[:, :4])
+    second, _, _ = encoder(tokens[:, 4:], state)
+    close(torch.cat([first, second]), whole, atol=1e-5)
+
+
+def test_awd_encoder_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        AWDEncoder(nn.Embedding(4, 2), [])
+    with pytest.raises(ValueError):
+        AWDEncoder(nn.Embedding(4, 2), [WeightDropLSTM(2, 2, 0.0)], dropouth=1.0)
 
 
 # ---------------------------------------------------------------- AR / TAR

@@ -247,6 +247,8 @@ def test_rerank_and_tuning_on_features():
     ("S-0\tx\nH-0\t-1\ta\nS-1\ty\n", ":3: source id 1 has no hypotheses"),
     ("H-0\t-1\ta\nH-2\t-1\tb\n", "1 source ids have no hypotheses: 1"),
     ("H-x\t-1\ta\n", ":1: H- line: id 'x' is not a number"),
+    ("H-0\t-1\ta dog\nD-0\t-1\ta d", ":2: the file ends inside this line (no final newline)"),
+    ("H-0\t-1\ta\nD-0\t-1\ta\nH-1\t-1\tb\n", ":3: H- line without the D- line that the other"),
 ])
 def test_malformed_lists_are_refused(tmp_path, content, message):
     from fairseq_awd import FairseqAWDError

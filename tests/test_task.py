@@ -41,7 +41,7 @@ def step(task, length, lr=2.0):
     before = model.decoder.output_bias.detach().clone()
     task.train_step(sample_of_length(length), model, criterion, optimizer, update_num=0)
     grad = model.decoder.output_bias.grad.clone()
-    optimizer.step()
+    task.optimizer_step(optimizer, model, update_num=0)
     moved = before - model.decoder.output_bias.detach()
     mask = grad.abs() > 1e-8
     return (moved[mask] / grad[mask]), optimizer.get_lr()
@@ -63,7 +63,7 @@ def test_validation_hooks_drive_ntasgd():
     model = make_model()
     optimizer = FairseqNTASGD(OmegaConf.structured(NTASGDConfig(lr=[1.0], nonmono=1)),
                               list(model.parameters()))
-    task._optimizer = optimizer
+    task.optimizer_step(optimizer, model, update_num=0)  # no gradients: no update
     for loss, switched in [(5.0, False), (4.0, False), (6.0, True)]:
         task.begin_valid_epoch(1, model)
         task.post_validate(model, {"loss": loss}, None)

@@ -8,6 +8,7 @@ from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
+from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.modules import activation_regularization, temporal_activation_regularization
 
 
@@ -40,6 +41,10 @@ class AWDCrossEntropyCriterion(FairseqCriterion):
 
     def __init__(self, task, alpha: float, beta: float):
         super().__init__(task)
+        for option, weight, term in (("--alpha", alpha, "AR"), ("--beta", beta, "TAR")):
+            if not weight >= 0:  # NaN too
+                raise FairseqAWDError(f"{option} must be non-negative (0 turns {term} off), "
+                                      f"got {weight}")
         self.alpha = alpha
         self.beta = beta
 

@@ -1,3 +1,3 @@
-from .bptt_streams import BPTTStreams, bptt_windows, stream_layout
+from .bptt_streams import BPTTStreams, bptt_windows, data_parallel_position, stream_layout
 
-__all__ = ["BPTTStreams", "bptt_windows", "stream_layout"]
+__all__ = ["BPTTStreams", "bptt_windows", "data_parallel_position", "stream_layout"]

@@ -10,10 +10,19 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 from fairseq.data import FairseqDataset
+from fairseq.distributed import utils as dist_utils
 
 from fairseq_awd.errors import FairseqAWDError
 
 Window = Tuple[int, int]
+
+
+def data_parallel_position() -> Tuple[int, int]:
+    """``(rank, world size)`` of this data-parallel worker; ``(0, 1)`` without
+    torch.distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return dist_utils.get_data_parallel_rank(), dist_utils.get_data_parallel_world_size()
+    return 0, 1
 
 
 def stream_layout(

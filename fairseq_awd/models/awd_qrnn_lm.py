@@ -45,7 +45,8 @@ class AWDQRNNConfig(AWDRNNConfig):
 class AWDQRNNDecoder(AWDRNNDecoder):
     """AWD decoder whose layers are QRNNs (state ``(cell, last input)``)."""
 
-    def build_layer(self, index: int, input_size: int, output_size: int, cfg) -> nn.Module:
+    @classmethod
+    def build_layer(cls, index: int, input_size: int, output_size: int, cfg) -> nn.Module:
         if cfg.qrnn_window not in (1, 2):
             raise FairseqAWDError(f"--qrnn-window must be 1 or 2, got {cfg.qrnn_window}")
         if not 0.0 <= cfg.zoneout < 1.0:

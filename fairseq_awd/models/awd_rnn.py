@@ -1,11 +1,11 @@
 """What AWD-LSTM and AWD-QRNN share (Merity, Keskar and Socher 2017, arXiv 1708.02182;
-2018, arXiv 1803.08240): embedding and locked dropout around a stack of recurrent layers,
-a tied softmax (full, or adaptive for large vocabularies), stream state for stateful BPTT
-and incremental state for generation."""
+2018, arXiv 1803.08240): the AWD encoder (``fairseq_awd.modules.AWDEncoder``: embedding and
+locked dropout around a stack of recurrent layers) under a tied softmax (full, or adaptive
+for large vocabularies), stream state for stateful BPTT and incremental state for
+generation."""
 
-import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,13 +14,12 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel
 from torch import nn
 
+from fairseq_awd.dictionary_check import check_dictionary, dictionary_fingerprint
 from fairseq_awd.errors import FairseqAWDError
-from fairseq_awd.modules import LockedDropout, TiedAdaptiveSoftmax, embedding_dropout
+from fairseq_awd.modules import AWDEncoder, LayerStates, TiedAdaptiveSoftmax
 from fairseq_awd.modules.adaptive_softmax import check_cutoffs
+from fairseq_awd.optim.discriminative_adam import set_layer_depth
 
-# Per layer, the two tensors a layer carries ((h, c) for an LSTM, (cell, last input) for
-# a QRNN), each (1, B, size).
-LayerStates = List[Tuple[torch.Tensor, torch.Tensor]]
 DEFAULT_MAX_POSITIONS = 100_000
 
 
@@ -106,41 +105,66 @@ def wikitext103_setting(args) -> None:
     args.adaptive_softmax_cutoff = getattr(args, "adaptive_softmax_cutoff", "2800,20000,76000")
 
 
-def dictionary_fingerprint(dictionary: Dictionary, num_symbols: Optional[int] = None) -> int:
-    """CRC32 of the dictionary's symbols in order (of its first ``num_symbols`` if given):
-    equal only for the same word-to-id map."""
-    return zlib.crc32("\n".join(dictionary.symbols[:num_symbols]).encode("utf-8"))
-
-
-def check_dictionary_fingerprint(state_dict: Dict[str, torch.Tensor], prefix: str,
-                                 decoder: "AWDRNNDecoder") -> None:
-    """Raise FairseqAWDError if ``state_dict`` (keys under ``prefix``, e.g. ``"decoder."``)
-    was trained with another dictionary than ``decoder``'s."""
+def check_state_dict_dictionary(state_dict: Dict[str, torch.Tensor], prefix: str,
+                                dictionary: Dictionary) -> None:
+    """Raise FairseqAWDError if the AWD encoder in ``state_dict`` (keys under ``prefix``,
+    e.g. ``"decoder."``) was trained with another dictionary than ``dictionary``."""
     key = prefix + "dictionary_fingerprint"
-    if key in state_dict and int(state_dict[key]) != int(decoder.dictionary_fingerprint):
-        raise FairseqAWDError(
-            "the checkpoint was trained with a different dictionary than the data's "
-            f"dict.txt ({state_dict[prefix + 'embed_tokens.weight'].size(0)} vs "
-            f"{len(decoder.dictionary)} types, or the same types in another order); "
-            "binarize the data with fairseq-preprocess --srcdict set to the dict.txt "
-            "the model was trained with"
-        )
+    if key not in state_dict:
+        return
+    trained = state_dict[prefix + "embed_tokens.weight"].size(0)
+    check_dictionary(
+        dictionary, trained, int(state_dict[key]),
+        "the checkpoint was trained with a different dictionary than the data's dict.txt "
+        f"({trained} vs {len(dictionary)} types, or the same types in another order); "
+        "binarize the data with fairseq-preprocess --srcdict set to the dict.txt the model "
+        "was trained with",
+    )
+
+
+def encoder_arguments(dictionary: Dictionary, cfg: AWDRNNConfig,
+                      build_layer: Callable[[int, int, int, Any], nn.Module]) -> Dict[str, Any]:
+    """``AWDEncoder``'s arguments for ``cfg``: an embedding of ``dictionary``'s words,
+    ``--decoder-layers`` layers ``build_layer(index, input_size, output_size, cfg)`` (input
+    of layer 0: ``--decoder-embed-dim``; between layers: ``--decoder-hidden-size``; output
+    of the top layer: ``--decoder-out-embed-dim``, by default the embedding size), the
+    dropouts and the dictionary's fingerprint. FairseqAWDError for an option out of range."""
+    if cfg.decoder_layers < 1:
+        raise FairseqAWDError("--decoder-layers must be at least 1")
+    for option in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
+        if not 0.0 <= getattr(cfg, option, 0.0) < 1.0:
+            raise FairseqAWDError(f"--{option} must be in [0, 1), got {getattr(cfg, option)}")
+    embed_tokens = nn.Embedding(len(dictionary), cfg.decoder_embed_dim, dictionary.pad())
+    sizes = [cfg.decoder_embed_dim] + [cfg.decoder_hidden_size] * (cfg.decoder_layers - 1)
+    sizes.append(cfg.decoder_out_embed_dim or cfg.decoder_embed_dim)
+    layers = [build_layer(i, sizes[i], sizes[i + 1], cfg) for i in range(cfg.decoder_layers)]
+    return {"embed_tokens": embed_tokens, "layers": layers, "dropout": cfg.dropout,
+            "dropouth": cfg.dropouth, "dropouti": cfg.dropouti, "dropoute": cfg.dropoute,
+            "fingerprint": dictionary_fingerprint(dictionary)}
 
 
 def tag_layer_depths(model: nn.Module, groups: List[List[nn.Parameter]]) -> None:
-    """Set ``p.layer_depth`` = the index of its group in ``groups`` (top first) on every
-    parameter of ``model``, for ``discriminative_adam``: fairseq hands optimizers a flat
+    """Tag every parameter of ``model`` with the index of its group in ``groups`` (top
+    first) as its layer depth, for ``discriminative_adam``: fairseq hands optimizers a flat
     list of parameters."""
     tagged = 0
     for depth, params in enumerate(groups):
         for p in params:
-            p.layer_depth = depth
+            set_layer_depth(p, depth)
         tagged += len(params)
     assert tagged == len(list(model.parameters())), "a parameter is in no layer group"
 
 
-class AWDRNNDecoder(FairseqIncrementalDecoder):
-    """Embedding -> stack of recurrent layers -> (tied) softmax, AWD style.
+class AWDRNNDecoder(AWDEncoder, FairseqIncrementalDecoder):
+    """The AWD encoder (embedding, dropouts, stack of recurrent layers) -> (tied) softmax.
+
+    The decoder is an ``AWDEncoder`` (a subclass, not a holder of one) so that the
+    encoder's modules sit on the decoder itself: their state-dict keys are the ones AWD
+    checkpoints have always had (``decoder.embed_tokens.weight``, ``decoder.layers.0.*``,
+    ``decoder.dictionary_fingerprint``), the LM's encoder weights are exactly what a
+    classifier's ``encoder`` (a plain ``AWDEncoder``) loads, and parameter names are those
+    keys. The output layer (``output_weight``, ``output_bias``, ``adaptive_output``) and
+    the carried state are the decoder's own.
 
     Subclasses build the layers (``build_layer``); each is called as
     ``output, state = layer(input, state)`` with ``state`` a pair of ``(1, B, size)``
@@ -171,7 +195,6 @@ class AWDRNNDecoder(FairseqIncrementalDecoder):
     carries_stream_state = True
 
     def __init__(self, dictionary: Dictionary, cfg: AWDRNNConfig):
-        super().__init__(dictionary)
         out_dim = cfg.decoder_out_embed_dim or cfg.decoder_embed_dim
         tied = not cfg.untie_weights
         if tied and out_dim != cfg.decoder_embed_dim:
@@ -180,41 +203,33 @@ class AWDRNNDecoder(FairseqIncrementalDecoder):
                 f"--decoder-embed-dim {cfg.decoder_embed_dim}; make them equal or pass "
                 "--untie-weights"
             )
-        if cfg.decoder_layers < 1:
-            raise FairseqAWDError("--decoder-layers must be at least 1")
-        for option in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop",
-                       "adaptive_softmax_dropout"):
-            if not 0.0 <= getattr(cfg, option, 0.0) < 1.0:
-                raise FairseqAWDError(
-                    f"--{option.replace('_', '-')} must be in [0, 1), got {getattr(cfg, option)}"
-                )
+        adaptive_dropout = getattr(cfg, "adaptive_softmax_dropout", 0.0)
+        if not 0.0 <= adaptive_dropout < 1.0:
+            raise FairseqAWDError(
+                f"--adaptive-softmax-dropout must be in [0, 1), got {adaptive_dropout}"
+            )
         cutoffs = parse_adaptive_softmax_cutoff(
             getattr(cfg, "adaptive_softmax_cutoff", None), len(dictionary)
         )
+        encoder = encoder_arguments(dictionary, cfg, self.build_layer)
+        # Made in the order the weights were always drawn in (embedding, layers, adaptive
+        # softmax, then the encoder's embedding init): a seed gives the same model as before.
+        adaptive_output = None
+        if cutoffs is not None:
+            adaptive_output = TiedAdaptiveSoftmax(len(dictionary), out_dim, cutoffs,
+                                                  adaptive_dropout)
+        super().__init__(**encoder, dictionary=dictionary)
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(len(dictionary), cfg.decoder_embed_dim, dictionary.pad())
-        sizes = [cfg.decoder_embed_dim] + [cfg.decoder_hidden_size] * (cfg.decoder_layers - 1)
-        sizes.append(out_dim)
-        self.layers = nn.ModuleList(
-            self.build_layer(i, sizes[i], sizes[i + 1], cfg) for i in range(cfg.decoder_layers)
-        )
-        self.locked_dropout = LockedDropout()
         self.output_weight = None if tied else nn.Parameter(torch.empty(len(dictionary), out_dim))
         self.output_bias = nn.Parameter(torch.zeros(len(dictionary)))
-        self.adaptive_output = None
-        if cutoffs is not None:
-            self.adaptive_output = TiedAdaptiveSoftmax(
-                len(dictionary), out_dim, cutoffs, getattr(cfg, "adaptive_softmax_dropout", 0.0)
-            )
-        self.register_buffer(
-            "dictionary_fingerprint", torch.tensor(dictionary_fingerprint(dictionary))
-        )
+        self.adaptive_output = adaptive_output
         self._streams: Dict[str, LayerStates] = {}
-        nn.init.uniform_(self.embed_tokens.weight, -0.1, 0.1)
         if self.output_weight is not None:
             nn.init.uniform_(self.output_weight, -0.1, 0.1)
 
-    def build_layer(self, index: int, input_size: int, output_size: int, cfg) -> nn.Module:
+    @classmethod
+    def build_layer(cls, index: int, input_size: int, output_size: int, cfg) -> nn.Module:
+        """Recurrent layer ``index`` (0 at the bottom) of the stack (see ``AWDEncoder``)."""
         raise NotImplementedError
 
     def forward(
@@ -234,6 +249,8 @@ class AWDRNNDecoder(FairseqIncrementalDecoder):
             state = self._streams.get(stream_id)
             if state is not None and state[0][0].size(1) != tokens.size(0):
                 state = None
+            elif state is not None and state[0][0].device != tokens.device:  # from a checkpoint
+                state = [(a.to(tokens.device), b.to(tokens.device)) for a, b in state]
         else:
             state = None
 
@@ -246,23 +263,14 @@ class AWDRNNDecoder(FairseqIncrementalDecoder):
         return out, {"attn": None, "raw_output": raw_output, "dropped_output": x}
 
     def extract_features(self, tokens: torch.Tensor, state: Optional[LayerStates] = None):
-        """Run the stack on ``tokens (B, T)``.
+        """The encoder's forward (``AWDEncoder.forward``; this class's ``forward`` is the
+        decoder's) on ``tokens (B, T)``.
 
         Returns ``(dropped_output, raw_output, new_state)``: the last layer's output
         after and before its locked dropout, each ``(T, B, C)``, and the per-layer
         states.
         """
-        cfg = self.cfg
-        x = embedding_dropout(self.embed_tokens, tokens.t(), cfg.dropoute, self.training)
-        x = self.locked_dropout(x, cfg.dropouti)
-        new_state = []
-        for i, layer in enumerate(self.layers):
-            x, layer_state = layer(x, None if state is None else state[i])
-            new_state.append(layer_state)
-            if i < len(self.layers) - 1:
-                x = self.locked_dropout(x, cfg.dropouth)
-        raw_output = x
-        return self.locked_dropout(x, cfg.dropout), raw_output, new_state
+        return AWDEncoder.forward(self, tokens, state)
 
     @property
     def word_vectors(self) -> torch.Tensor:
@@ -324,6 +332,11 @@ class AWDRNNDecoder(FairseqIncrementalDecoder):
         reordered = {k: v.index_select(1, new_order) for k, v in cached.items()}
         self.set_incremental_state(incremental_state, "rnn_state", reordered)
 
+    def use_stream_states(self, states: Dict[str, LayerStates]) -> None:
+        """Carry the stream states in ``states`` (``{stream_id: per-layer states}``), a dict
+        that the ``awd_language_modeling`` task owns and puts into mid-epoch checkpoints."""
+        self._streams = states
+
 
 class AWDRNNLanguageModel(FairseqLanguageModel):
     """Base of the registered AWD models: refuses checkpoints of another dictionary."""
@@ -347,5 +360,5 @@ class AWDRNNLanguageModel(FairseqLanguageModel):
         return [[p for p in decoder.parameters() if id(p) not in in_layers], *layers]
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        check_dictionary_fingerprint(state_dict, "decoder.", self.decoder)
+        check_state_dict_dictionary(state_dict, "decoder.", self.decoder.dictionary)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)

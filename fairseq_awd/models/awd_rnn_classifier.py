@@ -1,7 +1,7 @@
 """ULMFiT text classifiers (Howard and Ruder 2018, arXiv 1801.06146) on the AWD stacks.
 
-The encoder is the AWD language model's decoder stack (embedding, embedding and locked
-dropout, recurrent layers) without its output layer; its top layer's outputs are concat
+The encoder is the AWD language models' ``AWDEncoder`` (embedding, embedding and locked
+dropout, recurrent layers), with no output layer; its top layer's outputs are concat
 pooled (eq. 5) and fed to ``PoolingClassifierHead``. ``--pretrained-lm`` initializes the
 encoder from an AWD LM checkpoint of the same kind (the fine-tuned LM of section 3.2).
 The model follows fairseq's classification-head protocol (``register_classification_head``,
@@ -23,19 +23,19 @@ from fairseq.models import ARCH_MODEL_NAME_REGISTRY, BaseFairseqModel
 from omegaconf import II
 from torch import nn
 
+from fairseq_awd.dictionary_check import check_dictionary
 from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.models.awd_rnn import (
+    DEFAULT_MAX_POSITIONS,
     AWDRNNDecoder,
-    check_dictionary_fingerprint,
-    dictionary_fingerprint,
+    check_state_dict_dictionary,
+    encoder_arguments,
     tag_layer_depths,
 )
-from fairseq_awd.modules import PoolingClassifierHead, concat_pool
+from fairseq_awd.modules import AWDEncoder, PoolingClassifierHead, concat_pool
 
 logger = logging.getLogger(__name__)
 
-# The LM's output layer, not part of the classifier's encoder.
-LM_OUTPUT_PARAMETERS = ("output_weight", "output_bias", "adaptive_output")
 # Symbols a classification dictionary may have after the LM's: fairseq's sentence_prediction
 # task appends "<mask>" to input0/dict.txt.
 EXTRA_SYMBOLS = {"<mask>"}
@@ -70,14 +70,6 @@ class ClassifierConfig(FairseqDataclass):
     max_positions: Optional[int] = II("task.max_positions")
 
 
-def build_encoder(decoder_class: type, dictionary: Dictionary, cfg) -> AWDRNNDecoder:
-    """The AWD decoder stack of ``decoder_class`` without the LM output layer."""
-    encoder = decoder_class(dictionary, cfg)
-    for name in LM_OUTPUT_PARAMETERS:
-        setattr(encoder, name, None)
-    return encoder
-
-
 def load_lm_checkpoint(path: str, expected_model: str) -> Tuple[Dict[str, torch.Tensor], Any]:
     """``(model state dict, model config)`` of an ``expected_model`` checkpoint at ``path``;
     FairseqAWDError if the file is missing or holds another kind of model."""
@@ -101,59 +93,56 @@ def load_lm_checkpoint(path: str, expected_model: str) -> Tuple[Dict[str, torch.
     return state["model"], model_cfg
 
 
-def check_lm_dictionary(lm_state: Dict[str, torch.Tensor], dictionary: Dictionary,
-                        path: str) -> None:
-    """The classifier's dictionary must be the LM's followed by at most ``<mask>``."""
-    lm_size = lm_state["decoder.embed_tokens.weight"].size(0)
-    if (len(dictionary) < lm_size
-            or dictionary_fingerprint(dictionary, lm_size)
-            != int(lm_state["decoder.dictionary_fingerprint"])
-            or not set(dictionary.symbols[lm_size:]) <= EXTRA_SYMBOLS):
-        raise FairseqAWDError(
-            f"--pretrained-lm {path} was trained with another dictionary ({lm_size} types) "
-            f"than the classification data's ({len(dictionary)} types, counting the <mask> "
-            "that sentence_prediction adds, or the same types in another order); binarize "
-            "input0 with fairseq-preprocess --only-source --srcdict LM_DATA/dict.txt, the "
-            "dict.txt of the LM's data"
-        )
-
-
 class AWDRNNClassifier(BaseFairseqModel):
-    """Encoder ``(B, T)`` tokens -> top-layer outputs ``(T, B, C)`` -> concat pooling
+    """``AWDEncoder`` ``(B, T)`` tokens -> top-layer outputs ``(T, B, C)`` -> concat pooling
     ``(B, 3C)`` -> a classification head -> logits ``(B, num_classes)``.
 
     Batches must be right-padded (fairseq's ``RightPadDataset``): the recurrent layers run
     left to right, so the outputs at real tokens never see the padding, and the pooling
-    ignores padded positions. Every parameter carries ``layer_depth`` (see
+    ignores padded positions. Every parameter carries a layer depth (see
     ``layer_groups``) for discriminative learning rates.
     """
 
+    # The LM decoder whose build_layer makes the encoder's layers, and its model's name.
     decoder_class = AWDRNNDecoder
     lm_model_name = ""
     # Options of the LM that size the encoder, taken from --pretrained-lm's config.
     lm_size_fields: Tuple[str, ...] = ("decoder_embed_dim", "decoder_hidden_size",
-                                       "decoder_layers", "decoder_out_embed_dim",
-                                       "untie_weights")
+                                       "decoder_layers", "decoder_out_embed_dim")
 
-    def __init__(self, cfg, encoder: AWDRNNDecoder):
+    def __init__(self, cfg, encoder: AWDEncoder, dictionary: Dictionary):
         super().__init__()
         self.cfg = cfg
+        self.dictionary = dictionary
         self.encoder = encoder
         self.classification_heads = nn.ModuleDict()
         tag_layer_depths(self, self.layer_groups())
 
     @classmethod
     def build_model(cls, cfg, task) -> "AWDRNNClassifier":
+        """The classifier for ``cfg``; with ``--pretrained-lm``, its encoder has the LM's
+        sizes (also in the model's ``cfg``) and weights. The LM checkpoint is read here
+        only (``awd_sentence_prediction`` takes the sizes from the model's ``cfg``)."""
         cfg = copy.deepcopy(cfg)
-        cfg.adaptive_softmax_cutoff = None
+        dictionary = task.source_dictionary
         lm_state = None
         if cfg.pretrained_lm:
             lm_state, lm_cfg = load_lm_checkpoint(cfg.pretrained_lm, cls.lm_model_name)
-            check_lm_dictionary(lm_state, task.source_dictionary, cfg.pretrained_lm)
+            lm_size = lm_state["decoder.embed_tokens.weight"].size(0)
+            check_dictionary(  # the classifier's: the LM's followed by at most <mask>
+                dictionary, lm_size, int(lm_state["decoder.dictionary_fingerprint"]),
+                f"--pretrained-lm {cfg.pretrained_lm} was trained with another dictionary "
+                f"({lm_size} types) than the classification data's ({len(dictionary)} types, "
+                "counting the <mask> that sentence_prediction adds, or the same types in "
+                "another order); binarize input0 with fairseq-preprocess --only-source "
+                "--srcdict LM_DATA/dict.txt, the dict.txt of the LM's data",
+                extra_symbols=EXTRA_SYMBOLS,
+            )
             cls.copy_lm_sizes(lm_cfg, cfg)
             logger.info("encoder from --pretrained-lm %s: %s", cfg.pretrained_lm,
                         ", ".join(f"{name}={getattr(cfg, name)}" for name in cls.lm_size_fields))
-        model = cls(cfg, build_encoder(cls.decoder_class, task.source_dictionary, cfg))
+        encoder = AWDEncoder(**encoder_arguments(dictionary, cfg, cls.decoder_class.build_layer))
+        model = cls(cfg, encoder, dictionary)
         if lm_state is not None:
             model.load_pretrained_encoder(lm_state)
         return model
@@ -165,30 +154,27 @@ class AWDRNNClassifier(BaseFairseqModel):
             setattr(cfg, name, getattr(lm_cfg, name))
 
     def load_pretrained_encoder(self, lm_state: Dict[str, torch.Tensor]) -> None:
-        """Copy every encoder parameter from an AWD LM's state dict: the embedding rows of
-        the LM's symbols (any extra row keeps its initialization) and all recurrent
-        weights. The LM's output layer is dropped; any other missing or unexpected entry
-        raises."""
+        """Copy every encoder entry from an AWD LM's state dict, where the LM decoder (an
+        ``AWDEncoder`` with an output layer) keeps them under the same names: the
+        embedding rows of the LM's symbols (any extra row keeps its initialization) and
+        all recurrent weights. The decoder's other entries (its output layer) are left
+        out; an encoder entry the LM lacks, or an entry outside the LM's decoder, raises."""
         own = self.encoder.state_dict()
-        state, unexpected = {}, []
-        for key, value in lm_state.items():
-            name = key[len("decoder."):]
-            if not key.startswith("decoder."):
-                unexpected.append(key)
-            elif name.split(".")[0] not in LM_OUTPUT_PARAMETERS:
-                state[name] = value
-        embed = own["embed_tokens.weight"].clone()
-        embed[: state["embed_tokens.weight"].size(0)] = state["embed_tokens.weight"]
-        state.update({"embed_tokens.weight": embed,
-                      "dictionary_fingerprint": own["dictionary_fingerprint"]})
-        missing = sorted(own.keys() - state.keys())
-        unexpected += sorted(state.keys() - own.keys())
+        decoder = {key[len("decoder."):]: value for key, value in lm_state.items()
+                   if key.startswith("decoder.")}
+        missing = sorted(own.keys() - decoder.keys())
+        unexpected = sorted(key for key in lm_state if not key.startswith("decoder."))
         if missing or unexpected:
             raise FairseqAWDError(
                 f"--pretrained-lm does not match the {self.lm_model_name} encoder (missing: "
                 f"{missing}, unexpected: {unexpected}); give a checkpoint of this version's "
                 f"fairseq-train --arch {self.lm_model_name}"
             )
+        state = {key: decoder[key] for key in own}
+        embed = own["embed_tokens.weight"].clone()
+        embed[: state["embed_tokens.weight"].size(0)] = state["embed_tokens.weight"]
+        state.update({"embed_tokens.weight": embed,
+                      "dictionary_fingerprint": own["dictionary_fingerprint"]})
         self.encoder.load_state_dict(state, strict=True)
 
     def layer_groups(self) -> List[List[nn.Parameter]]:
@@ -216,18 +202,18 @@ class AWDRNNClassifier(BaseFairseqModel):
                 **kwargs) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """``src_tokens (B, T)`` -> logits ``(B, num_classes)`` of the named head, or the
         pooled features ``(B, 3C)`` without a head name; plus ``{"padding_mask": (B, T)}``."""
-        padding_mask = src_tokens.eq(self.encoder.dictionary.pad())
+        padding_mask = src_tokens.eq(self.dictionary.pad())
         if bool((padding_mask[:, :-1] & ~padding_mask[:, 1:]).any()):
             raise FairseqAWDError("the AWD classifiers need right-padded batches (pad only "
                                   "after the tokens); use fairseq's RightPadDataset")
-        features, _, _ = self.encoder.extract_features(src_tokens)
+        features, _, _ = self.encoder(src_tokens)
         x = concat_pool(features, padding_mask)
         if classification_head_name is not None:
             x = self.classification_heads[classification_head_name](x)
         return x, {"padding_mask": padding_mask}
 
     def max_positions(self) -> int:
-        return self.encoder.max_positions()
+        return DEFAULT_MAX_POSITIONS
 
     def upgrade_state_dict_named(self, state_dict: Dict[str, torch.Tensor], name: str) -> None:
         """Register the checkpoint's heads this model lacks (sized from their weights) and
@@ -244,5 +230,5 @@ class AWDRNNClassifier(BaseFairseqModel):
             state_dict.setdefault(prefix + key, value)
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        check_dictionary_fingerprint(state_dict, "encoder.", self.encoder)
+        check_state_dict_dictionary(state_dict, "encoder.", self.dictionary)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)

@@ -1,6 +1,7 @@
 """Plain-PyTorch building blocks of AWD-LSTM and AWD-QRNN; none of them imports fairseq."""
 
 from .adaptive_softmax import TiedAdaptiveSoftmax
+from .awd_encoder import AWDEncoder, LayerStates
 from .cache_pointer import CacheAttention, ContinuousCache, mix_with_cache
 from .concat_pooling import PoolingClassifierHead, concat_pool
 from .embedding_dropout import embedding_dropout
@@ -11,8 +12,10 @@ from .regularization import activation_regularization, temporal_activation_regul
 from .weight_drop import WeightDropLSTM
 
 __all__ = [
+    "AWDEncoder",
     "CacheAttention",
     "ContinuousCache",
+    "LayerStates",
     "LockedDropout",
     "PoolingClassifierHead",
     "QRNN",

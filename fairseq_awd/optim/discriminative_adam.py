@@ -2,7 +2,7 @@
 each layer gets its own learning rate, ``eta^{l-1} = eta^l / 2.6`` going down the stack."""
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import torch
 from fairseq.optim import register_optimizer
@@ -21,14 +21,43 @@ class DiscriminativeAdamConfig(FairseqAdamConfig):
     )
 
 
+LAYER_GROUP_PREFIX = "layer_depth_"
+
+
+def set_layer_depth(param: torch.Tensor, depth: int) -> None:
+    """Tag ``param`` with its layer depth (0: the top) for :class:`DiscriminativeAdam`.
+
+    The tag is fairseq's ``param_group`` attribute, which fairseq's ``--fp16``/``--bf16``
+    wrapper copies onto the fp32 master copies it optimizes (it copies no other tag)."""
+    param.param_group = f"{LAYER_GROUP_PREFIX}{depth}"
+
+
+def layer_depth_of(param: torch.Tensor) -> Optional[int]:
+    """The depth :func:`set_layer_depth` gave ``param``, or None."""
+    group = getattr(param, "param_group", None)
+    if isinstance(group, str) and group.startswith(LAYER_GROUP_PREFIX):
+        return int(group[len(LAYER_GROUP_PREFIX):])
+    return None
+
+
 def group_by_layer_depth(params: Iterable[torch.Tensor]) -> List[Dict]:
     """Torch param groups ``{"params": [...], "layer_depth": d}``, by increasing ``d``,
-    from each parameter's ``layer_depth`` attribute (0 where it has none)."""
+    from each parameter's :func:`layer_depth_of` (0 for an untagged one among tagged ones).
+
+    Raises FairseqAWDError if no parameter is tagged: per-layer rates would silently be
+    plain Adam."""
+    params = list(params)
+    depths = [layer_depth_of(p) for p in params]
+    if all(d is None for d in depths):
+        raise FairseqAWDError(
+            f"discriminative_adam: none of the {len(params)} parameters it was given has a "
+            "layer depth; use it with the plugin's AWD models, and with --fp16 add "
+            "--fp16-no-flatten-grads (fairseq flattens the fp32 copies into one tensor, "
+            "which cannot have per-layer rates) or use --memory-efficient-fp16"
+        )
     groups: Dict[int, List[torch.Tensor]] = {}
-    for p in params:
-        if isinstance(p, dict):
-            raise TypeError("discriminative_adam groups a flat list of parameters itself")
-        groups.setdefault(int(getattr(p, "layer_depth", 0)), []).append(p)
+    for p, depth in zip(params, depths):
+        groups.setdefault(depth or 0, []).append(p)
     return [{"params": groups[d], "layer_depth": d} for d in sorted(groups)]
 
 
@@ -37,9 +66,11 @@ class DiscriminativeAdam(FairseqAdam):
     """fairseq's Adam with one param group per layer depth, group lr ``lr / factor**depth``.
 
     ``set_lr(lr)`` (what fairseq's schedulers call) sets every group's rate from ``lr``;
-    ``get_lr`` returns ``lr`` itself, the rate of depth 0. The depths are attributes the
-    model puts on its parameters (``AWDRNNClassifier.tag_layer_depths``); with ``--fp16``
-    (not ``--memory-efficient-fp16``) fairseq optimizes fp32 copies, which lack them.
+    ``get_lr`` returns ``lr`` itself, the rate of depth 0. The depths are tags the AWD
+    models put on their parameters (:func:`set_layer_depth`); they reach the fp32 copies of
+    ``--fp16 --fp16-no-flatten-grads`` and ``--bf16``, and ``--memory-efficient-fp16``
+    optimizes the model's own parameters. fairseq's default ``--fp16`` flattens the copies
+    into one tensor: refused with one line.
     """
 
     def __init__(self, cfg: DiscriminativeAdamConfig, params):

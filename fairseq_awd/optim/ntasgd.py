@@ -11,11 +11,13 @@ from typing import Callable, Iterable, List, Optional, Union
 import torch
 from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
+from fairseq.optim.fp16_optimizer import _FP16OptimizerMixin
 from omegaconf import II
 
 from fairseq_awd.errors import FairseqAWDError
 
 Params = Union[Iterable[torch.Tensor], Iterable[dict]]
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class NTASGD(torch.optim.Optimizer):
@@ -122,7 +124,10 @@ class NTASGD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
         """SGD step on the raw iterate (restored first if swapped), then, when averaging,
-        update ``ax``. ``closure`` re-evaluates the loss, as in ``torch.optim``."""
+        update ``ax``. ``closure`` re-evaluates the loss, as in ``torch.optim``.
+
+        fp16/bf16 parameters (fairseq's ``--memory-efficient-fp16``) are updated in fp32
+        and rounded back; their ``ax`` is kept in fp32."""
         self.use_raw_weights()
         loss = None
         if closure is not None:
@@ -136,23 +141,27 @@ class NTASGD(torch.optim.Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("NTASGD does not support sparse gradients")
-                d_p = p.grad if weight_decay == 0 else p.grad.add(p, alpha=weight_decay)
-                p.add_(d_p, alpha=-lr)
+                p32 = p.float() if p.dtype in LOW_PRECISION else p
+                grad = p.grad.to(p32.dtype)
+                d_p = grad if weight_decay == 0 else grad.add(p32, alpha=weight_decay)
+                p32.add_(d_p, alpha=-lr)
+                if p32 is not p:
+                    p.copy_(p32)
                 if averaging:
-                    self._update_average(p)
+                    self._update_average(p, p32)
         return loss
 
-    def _update_average(self, p: torch.Tensor) -> None:
+    def _update_average(self, p: torch.Tensor, p32: torch.Tensor) -> None:
         state = self.state[p]
         if "ax" not in state:
-            state["ax"] = torch.clone(p, memory_format=torch.preserve_format)
+            state["ax"] = torch.clone(p32, memory_format=torch.preserve_format)
             state["n"] = 0
         state["n"] += 1
         mu = 1.0 / max(1, state["n"] - 1)
         if mu == 1.0:
-            state["ax"].copy_(p)
+            state["ax"].copy_(p32)
         else:
-            state["ax"].add_(p.sub(state["ax"]).mul_(mu))
+            state["ax"].add_(p32.sub(state["ax"]).mul_(mu))
 
     def _params(self) -> Iterable[torch.Tensor]:
         for group in self.param_groups:
@@ -216,9 +225,10 @@ class NTASGDConfig(FairseqDataclass):
 class FairseqNTASGD(FairseqOptimizer):
     """fairseq wrapper of :class:`NTASGD` (NT-ASGD, Merity et al. 2017, section 3).
 
-    The task or training loop calls :meth:`observe_validation_loss` after each validation and
-    brackets evaluation/checkpointing of the averaged model with :meth:`use_average_weights`
-    and :meth:`use_raw_weights`.
+    The ``awd_language_modeling`` task drives it: :func:`show_raw_weights` before each
+    update's forward pass, :func:`show_average_weights` after each step, and
+    :meth:`NTASGD.observe_validation_loss` after each validation. It works under fairseq's
+    ``--fp16``/``--bf16`` (fp32 master copies) and ``--memory-efficient-fp16`` wrappers.
     """
 
     def __init__(self, cfg: NTASGDConfig, params: Params) -> None:
@@ -242,6 +252,10 @@ class FairseqNTASGD(FairseqOptimizer):
         return True
 
     @property
+    def supports_memory_efficient_fp16(self) -> bool:
+        return True
+
+    @property
     def averaging(self) -> bool:
         return self._optimizer.averaging
 
@@ -252,8 +266,33 @@ class FairseqNTASGD(FairseqOptimizer):
     def observe_validation_loss(self, loss: float) -> bool:
         return self._optimizer.observe_validation_loss(loss)
 
-    def use_average_weights(self) -> None:
-        self._optimizer.use_average_weights()
 
-    def use_raw_weights(self) -> None:
-        self._optimizer.use_raw_weights()
+def ntasgd_of(optimizer: FairseqOptimizer) -> Optional[NTASGD]:
+    """The :class:`NTASGD` a fairseq optimizer steps, through fairseq's mixed-precision
+    wrappers (whose ``optimizer`` is the innermost torch optimizer), or None."""
+    inner = optimizer.optimizer
+    return inner if isinstance(inner, NTASGD) else None
+
+
+def show_average_weights(optimizer: FairseqOptimizer) -> None:
+    """Put NT-ASGD's averaged weights into the model ``optimizer`` trains, keeping the raw
+    iterate aside; a no-op for other optimizers, before the switch, or if already there."""
+    ntasgd = ntasgd_of(optimizer)
+    if ntasgd is not None and ntasgd.averaging and not ntasgd.swapped:
+        ntasgd.use_average_weights()
+        _copy_master_weights_to_model(optimizer)
+
+
+def show_raw_weights(optimizer: FairseqOptimizer) -> None:
+    """Put the raw SGD iterate back into the model (undo :func:`show_average_weights`)."""
+    ntasgd = ntasgd_of(optimizer)
+    if ntasgd is not None and ntasgd.swapped:
+        ntasgd.use_raw_weights()
+        _copy_master_weights_to_model(optimizer)
+
+
+def _copy_master_weights_to_model(optimizer: FairseqOptimizer) -> None:
+    # Under --fp16/--bf16 NTASGD holds fp32 master copies, which fairseq copies into the
+    # model only at the end of step(); a swap has to be copied the same way.
+    if isinstance(optimizer, _FP16OptimizerMixin):
+        optimizer._sync_fp32_params_to_fp16()

@@ -1,38 +1,26 @@
-"""Scale the learning rate of the next optimizer step only (AWD-LSTM's ``lr * seq_len / bptt``)."""
+"""Scale the learning rate of one optimizer step (AWD-LSTM's ``lr * seq_len / bptt``)."""
 
-from typing import List, Optional
-
-import torch
-
-
-def torch_optimizer_of(optimizer) -> Optional[torch.optim.Optimizer]:
-    """The ``torch.optim.Optimizer`` inside fairseq's optimizer wrappers (or None)."""
-    while optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        optimizer = getattr(optimizer, "optimizer", None)
-    return optimizer
+from contextlib import contextmanager
+from typing import Iterator
 
 
-class StepLRScale:
-    """Multiply every param group's lr by a factor for the next ``step()``, then restore it.
+@contextmanager
+def scaled_learning_rates(optimizer, factor: float) -> Iterator[None]:
+    """Multiply every param group's lr by ``factor`` inside the block, then put back the
+    values it had (Merity et al. 2017, section 4.1: a window of ``seq_len`` tokens is
+    trained with ``lr * seq_len / bptt``).
 
-    The restore runs as a step post-hook, before fairseq's LR scheduler sets the next
-    lr, so schedulers never see (or compound) the scaled value. Several calls before
-    one step (``--update-freq``) keep the last factor.
+    ``optimizer`` is a ``torch.optim.Optimizer`` or a fairseq optimizer, whose
+    ``param_groups`` are those of the torch optimizer inside its wrappers (``--fp16``
+    included); each group keeps its own rate (``discriminative_adam``). The rates are put
+    back before fairseq's scheduler sets the next one, so it never sees the scaled value.
     """
-
-    def __init__(self, optimizer: torch.optim.Optimizer):
-        self.optimizer = optimizer
-        self._base_lrs: Optional[List[float]] = None
-        optimizer.register_step_post_hook(self._restore)
-
-    def scale_next_step(self, factor: float) -> None:
-        if self._base_lrs is None:
-            self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
-        for group, base in zip(self.optimizer.param_groups, self._base_lrs):
-            group["lr"] = base * factor
-
-    def _restore(self, optimizer, args, kwargs) -> None:
-        if self._base_lrs is not None:
-            for group, base in zip(optimizer.param_groups, self._base_lrs):
-                group["lr"] = base
-            self._base_lrs = None
+    groups = optimizer.param_groups
+    base_lrs = [group["lr"] for group in groups]
+    for group, lr in zip(groups, base_lrs):
+        group["lr"] = lr * factor
+    try:
+        yield
+    finally:
+        for group, lr in zip(groups, base_lrs):
+            group["lr"] = lr

@@ -105,8 +105,8 @@ def hypothesis_texts(lists: List[NBestList], path: str, source_text: str,
         for hyp in nbest.hypotheses:
             text = hyp.d_text if source_text == "D" else hyp.h_text
             if text is None:
-                raise FairseqAWDError(f"{path}:{hyp.line}: H- line without its D- line; "
-                                      "use --source-text H")
+                raise FairseqAWDError(f"{path}:{hyp.line}: H- line without a D- line (the file "
+                                      "has none); use --source-text H")
             if not remove_bpe and BPE_MARKER in text + " ":
                 raise FairseqAWDError(
                     f"{path}:{hyp.line}: the hypothesis still has subword-nmt '@@ ' markers; "
@@ -164,6 +164,13 @@ def check_unknown_rate(lm_texts: List[str], scores: List[LMScore], scorer: LMSco
         "--lm-bpe-codes, --source-text/--remove-bpe) or use an LM trained on matching text")
 
 
+def same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (symbolic and hard links included)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
 def write_atomic(path: str, lines: List[str]) -> None:
     """Write ``lines`` to ``path`` through a temporary file and ``os.replace``."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -194,6 +201,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.tune_ref and not tuning:
         raise FairseqAWDError("--tune-ref needs --tune-nbest")
     out_dir = os.path.dirname(os.path.abspath(args.output))
+    for option, paths in (("--nbest", [args.nbest]), ("--tune-nbest", [args.tune_nbest]),
+                          ("--ref", args.ref), ("--tune-ref", args.tune_ref), ("--lm", [args.lm])):
+        for path in paths or []:
+            if path is not None and same_file(args.output, path):
+                raise FairseqAWDError(f"--output {args.output} is the {option} file {path}: "
+                                      "writing it would destroy the input; give another file")
     if not os.path.isdir(out_dir):
         raise FairseqAWDError(f"--output: directory {out_dir} does not exist")
     if not 0.0 <= args.max_unk_rate <= 1.0:

@@ -66,12 +66,18 @@ def parse_nbest(path: str) -> List[NBestList]:
     ``file:line`` for a malformed ``S/T/H/D/P`` line, a ``D-``/``P-`` line without its
     ``H-`` line, a ``P-`` line with fewer scores than its hypothesis has tokens, an empty
     file, and source ids without hypotheses (an ``S-``/``T-`` line with no ``H-`` line,
-    or a gap in the ids ``0..max``).
+    or a gap in the ids ``0..max``). A cut file is refused too: one whose last line has
+    no newline (cut inside it), or an ``H-`` line without the ``D-`` line that the other
+    hypotheses have (cut between lines).
     """
     lists: Dict[int, NBestList] = {}
     first_line: Dict[int, int] = {}
     with open(path, encoding="utf-8") as f:
         for lineno, raw in enumerate(f, 1):
+            if not raw.endswith("\n"):
+                raise _error(path, lineno, "the file ends inside this line (no final newline): "
+                             "it was cut, e.g. fairseq-generate was stopped or the disk filled; "
+                             "generate it again (or end it with a newline if it is complete)")
             line = raw.rstrip("\n")
             match = _TAGGED.match(line)
             if not match:
@@ -119,6 +125,12 @@ def parse_nbest(path: str) -> List[NBestList]:
     for sid, nbest in lists.items():
         if not nbest.hypotheses:
             raise _error(path, first_line[sid], f"source id {sid} has no hypotheses (no H- line)")
+    hypotheses = [hyp for nbest in lists.values() for hyp in nbest.hypotheses]
+    if any(hyp.d_text is not None for hyp in hypotheses):
+        without_d = [hyp.line for hyp in hypotheses if hyp.d_text is None]
+        if without_d:
+            raise _error(path, min(without_d), "H- line without the D- line that the other "
+                         "hypotheses have: the file was cut or edited; generate it again")
     missing = sorted(set(range(max(lists) + 1)) - set(lists))
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")

@@ -10,7 +10,7 @@ section 4.1), recurrent state carried across steps, and NT-ASGD's validation hoo
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -30,13 +30,13 @@ from fairseq.data import (
 )
 from fairseq.data.indexed_dataset import MMapIndexedDataset
 from fairseq.dataclass import FairseqDataclass
-from fairseq.distributed import utils as dist_utils
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
-from fairseq_awd.data import BPTTStreams, bptt_windows
+from fairseq_awd.data import BPTTStreams, bptt_windows, data_parallel_position
 from fairseq_awd.errors import FairseqAWDError
-from fairseq_awd.optim.step_lr_scale import StepLRScale, torch_optimizer_of
+from fairseq_awd.optim.ntasgd import NTASGD, ntasgd_of, show_average_weights, show_raw_weights
+from fairseq_awd.optim.step_lr_scale import scaled_learning_rates
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class AWDLanguageModelingConfig(FairseqDataclass):
         default=1, metadata={"help": "number of streams for the test split (the paper uses 1)"}
     )
     batch_size: Optional[int] = II("dataset.batch_size")
+    max_tokens: Optional[int] = II("dataset.max_tokens")  # refused by eval_lm_dataloader
+    # = --bptt; fairseq-eval-lm subtracts --context-window from it, which eval_lm_dataloader refuses
+    tokens_per_sample: int = II(".bptt")
     train_subset: str = II("dataset.train_subset")
     seed: int = II("common.seed")
 
@@ -87,10 +90,11 @@ class AWDLanguageModelingTask(FairseqTask):
         super().__init__(cfg)
         self.dictionary = dictionary
         self.stateful_model = False
-        self._lr_scale: Optional[StepLRScale] = None
-        self._optimizer = None
+        self._window_length = cfg.bptt
+        self._ntasgd: Optional[NTASGD] = None
         self._observed_validation = False
         self._finetuning_done = False
+        self._stream_states: List[Dict[str, list]] = []  # per model built: {split: state}
 
     @classmethod
     def setup_task(cls, cfg: AWDLanguageModelingConfig, **kwargs):
@@ -101,8 +105,19 @@ class AWDLanguageModelingTask(FairseqTask):
                 f"no dictionary at {dict_path}: binarize the text first with "
                 "fairseq-preprocess --only-source --trainpref ... --destdir DATA"
             )
-        if cfg.bptt < 1:
-            raise FairseqAWDError(f"--bptt must be positive, got {cfg.bptt}")
+        for option, value, valid, rule in (
+            ("--bptt", cfg.bptt, cfg.bptt >= 1, "positive"),
+            ("--bptt-min", cfg.bptt_min, cfg.bptt_min >= 1, "positive"),
+            ("--bptt-std", cfg.bptt_std, cfg.bptt_std >= 0, "non-negative"),
+            ("--bptt-short-prob", cfg.bptt_short_prob, 0 <= cfg.bptt_short_prob <= 1,
+             "in [0, 1]"),
+            ("--valid-batch-size", cfg.valid_batch_size, cfg.valid_batch_size >= 1,
+             "positive (the number of streams)"),
+            ("--test-batch-size", cfg.test_batch_size, cfg.test_batch_size >= 1,
+             "positive (the number of streams)"),
+        ):
+            if not valid:
+                raise FairseqAWDError(f"{option} must be {rule}, got {value}")
         dictionary = Dictionary.load(dict_path)
         logger.info("dictionary: %d types", len(dictionary))
         return cls(cfg, dictionary)
@@ -110,6 +125,9 @@ class AWDLanguageModelingTask(FairseqTask):
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         self.stateful_model = getattr(model.decoder, "carries_stream_state", False)
+        if self.stateful_model:
+            self._stream_states.append({})
+            model.decoder.use_stream_states(self._stream_states[-1])
         return model
 
     @property
@@ -147,11 +165,7 @@ class AWDLanguageModelingTask(FairseqTask):
                 f"--only-source --srcdict DATA/dict.txt --{split}pref TEXT --destdir DATA"
             )
         tokens = _concatenate(data)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            num_shards = dist_utils.get_data_parallel_world_size()
-            shard_id = dist_utils.get_data_parallel_rank()
-        else:
-            num_shards, shard_id = 1, 0
+        shard_id, num_shards = data_parallel_position()
         streams = BPTTStreams(
             split, tokens, num_streams, min_length=self.cfg.bptt + 1,
             num_shards=num_shards, shard_id=shard_id,
@@ -180,7 +194,8 @@ class AWDLanguageModelingTask(FairseqTask):
                 skip_remainder_batch=skip_remainder_batch, **kwargs,
             )
         # The dataset is already this worker's shard: fairseq's num_shards/shard_id do not apply.
-        return iterators.EpochBatchIterator(
+        return StreamStateIterator(
+            self._stream_states,
             dataset=dataset,
             collate_fn=self.collate_window,
             batch_sampler=self.windows,
@@ -193,10 +208,23 @@ class AWDLanguageModelingTask(FairseqTask):
     def eval_lm_dataloader(self, dataset, max_tokens=None, batch_size=None, max_positions=None,
                            num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
                            context_window=0):
+        """The split's fixed ``--bptt`` windows over its streams, in order. The stream count is
+        ``--valid-batch-size``/``--test-batch-size``: fairseq-eval-lm's batching options
+        (``max_tokens`` is 36000 there even when not given, so the config's value is read)
+        and ``--context-window`` are refused."""
         if context_window > 0:
             raise FairseqAWDError(
                 "--context-window does not apply: awd_language_modeling carries the recurrent "
                 "state across windows; drop the option"
+            )
+        given = [option for option, value in (("--batch-size", self.cfg.batch_size),
+                                              ("--max-tokens", self.cfg.max_tokens))
+                 if value is not None]
+        if given:
+            raise FairseqAWDError(
+                f"{' and '.join(given)} cannot batch evaluation: awd_language_modeling scores "
+                "each split as contiguous streams, whose number changes the result; drop it and "
+                "give --valid-batch-size N (--test-batch-size N for the test split)"
             )
         return self.get_batch_iterator(
             dataset, num_workers=num_workers, data_buffer_size=data_buffer_size
@@ -221,30 +249,37 @@ class AWDLanguageModelingTask(FairseqTask):
     # training: per-step learning-rate scaling and NT-ASGD hooks
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        self._optimizer = optimizer
-        torch_optimizer = torch_optimizer_of(optimizer)
-        if hasattr(torch_optimizer, "use_raw_weights"):
-            torch_optimizer.use_raw_weights()
-        if not self.cfg.fixed_bptt:
-            if self._lr_scale is None or self._lr_scale.optimizer is not torch_optimizer:
-                self._lr_scale = StepLRScale(torch_optimizer)
-            self._lr_scale.scale_next_step(sample["target"].size(1) / self.cfg.bptt)
+        """Forward and backward on the raw iterate (NT-ASGD keeps its average in the model
+        between updates); the window's length sets the next step's learning rate."""
+        show_raw_weights(optimizer)
+        self._window_length = sample["target"].size(1)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def optimizer_step(self, optimizer, model, update_num):
+        """The step with ``lr * seq_len / bptt`` (section 4.1; ``--update-freq``: the last
+        window's length), then NT-ASGD's average into the model, so that validation and
+        every checkpoint see it, under ``--fp16``/``--bf16`` too."""
+        factor = 1.0 if self.cfg.fixed_bptt else self._window_length / self.cfg.bptt
+        with scaled_learning_rates(optimizer, factor):
+            super().optimizer_step(optimizer, model, update_num)
+        self._ntasgd = ntasgd_of(optimizer)
+        show_average_weights(optimizer)
 
     def begin_valid_epoch(self, epoch, model):
         self._observed_validation = False
-        torch_optimizer = torch_optimizer_of(self._optimizer)
-        if hasattr(torch_optimizer, "use_average_weights"):
-            torch_optimizer.use_average_weights()
 
     def post_validate(self, model, stats, aggregator):
-        """Feed the first validation subset's loss to NT-ASGD's non-monotone trigger."""
-        torch_optimizer = torch_optimizer_of(self._optimizer)
-        if self._observed_validation or not hasattr(torch_optimizer, "observe_validation_loss"):
+        """Feed the first validation subset's loss to NT-ASGD's non-monotone trigger.
+
+        fairseq passes this hook no optimizer, and the loss must be in NT-ASGD's state
+        before the checkpoint after validation is written: it goes to the NT-ASGD that the
+        last ``optimizer_step`` stepped."""
+        ntasgd = self._ntasgd
+        if self._observed_validation or ntasgd is None:
             return
         self._observed_validation = True
-        fired = torch_optimizer.observe_validation_loss(float(stats["loss"]))
-        if getattr(torch_optimizer, "finished", False):  # now, or before a resume
+        fired = ntasgd.observe_validation_loss(float(stats["loss"]))
+        if ntasgd.finished:  # now, or before a resume
             self._finetuning_done = True
             logger.info("NT-ASGD fine-tuning: the averaged model's validation loss is worse than "
                         "the best before the last --nonmono checks; stopping after this "
@@ -295,6 +330,51 @@ class AWDLanguageModelingTask(FairseqTask):
 
     def max_positions(self):
         return None
+
+
+class StreamStateIterator(iterators.EpochBatchIterator):
+    """fairseq's epoch iterator whose state (``extra_state["train_iterator"]`` of every
+    checkpoint) also holds, mid-epoch, the recurrent state each model carries in each of
+    this split's streams, so that a run resumed from a ``--save-interval-updates``
+    checkpoint continues every stream where it was. ``--reset-dataloader`` drops it, as it
+    drops the position in the epoch.
+
+    The state is that of the worker that writes checkpoints (rank 0): other workers of a
+    data-parallel run restart their streams from zeros, with a warning.
+    """
+
+    def __init__(self, stream_states: List[Dict[str, list]], **kwargs):
+        super().__init__(**kwargs)
+        self.stream_states = stream_states
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if state["iterations_in_epoch"] > 0:
+            split = self.dataset.split
+            state["stream_states"] = [
+                [tuple(t.cpu() for t in pair) for pair in states[split]]
+                if split in states else None for states in self.stream_states]
+            state["stream_rank"] = data_parallel_position()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        saved = state_dict.get("stream_states")
+        if saved is None or state_dict.get("iterations_in_epoch", 0) == 0:
+            return
+        if tuple(state_dict["stream_rank"]) != data_parallel_position():
+            logger.warning("the checkpoint holds the stream states of worker %d of %d: this "
+                           "worker's streams restart from zeros", *state_dict["stream_rank"])
+            return
+        if len(saved) != len(self.stream_states):
+            raise FairseqAWDError(
+                f"the checkpoint holds the stream states of {len(saved)} models, this run "
+                f"has {len(self.stream_states)}: resume with the same model, or pass "
+                "--reset-dataloader to restart the epoch"
+            )
+        for states, layers in zip(self.stream_states, saved):
+            if layers is not None:
+                states[self.dataset.split] = [tuple(pair) for pair in layers]
 
 
 def _concatenate(data) -> torch.Tensor:

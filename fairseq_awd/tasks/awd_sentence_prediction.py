@@ -17,7 +17,6 @@ from fairseq.tasks.sentence_prediction import SentencePredictionConfig, Sentence
 from omegaconf import OmegaConf, open_dict
 
 from fairseq_awd.errors import FairseqAWDError
-from fairseq_awd.models.awd_rnn_classifier import load_lm_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +54,19 @@ class AWDSentencePredictionTask(SentencePredictionTask):
             raise FairseqAWDError(f"--task awd_sentence_prediction: model {name} has no "
                                   f"{' or '.join(needed)}; use --arch awd_lstm_classifier or "
                                   "awd_qrnn_classifier")
-        if getattr(cfg, "pretrained_lm", None) and hasattr(model_cls, "copy_lm_sizes"):
+        pretrained = bool(getattr(cfg, "pretrained_lm", None)) and hasattr(model_cls,
+                                                                           "copy_lm_sizes")
+        if pretrained and from_checkpoint:  # the weights come from the checkpoint
             with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.ExitStack():
-                if from_checkpoint:  # the weights come from the checkpoint
-                    cfg.pretrained_lm = None
-                else:  # the checkpoints' config gets the LM's sizes, for the reload above
-                    _, lm_cfg = load_lm_checkpoint(cfg.pretrained_lm, model_cls.lm_model_name)
-                    model_cls.copy_lm_sizes(lm_cfg, cfg)
-        return super().build_model(cfg, from_checkpoint)
+                cfg.pretrained_lm = None
+        model = super().build_model(cfg, from_checkpoint)
+        if pretrained and not from_checkpoint:
+            # The checkpoints' config gets the LM's sizes, for the reload above: the model
+            # read them from --pretrained-lm into its own config (fairseq hands the model a
+            # copy of ``cfg``), so the LM checkpoint is read once.
+            with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.ExitStack():
+                model_cls.copy_lm_sizes(model.cfg, cfg)
+        return model
 
     def load_dataset(self, split, combine=False, **kwargs):
         if not self.cfg.regression_target:
