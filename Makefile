@@ -8,15 +8,16 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 # fairseq-fixed builds C++/Cython extensions from source: build them against the torch
-# already installed (no isolated build env that would fetch a second, CUDA torch),
-# two at a time and without debug symbols, which keeps the install under 3 minutes.
-BUILD_ENV := CFLAGS=-g0 DIST_EXTRA_CONFIG=$(CURDIR)/build-parallel.cfg
+# already installed (no isolated build env that would fetch a second, CUDA torch), without
+# debug symbols. One extension at a time: torch's ninja backend writes each extension's
+# build.ninja to the same build directory, so setuptools' parallel build_ext races on it.
+BUILD_ENV := CFLAGS=-g0
 
 .PHONY: install demo test lint clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py pyproject.toml build-parallel.cfg fairseq_awd/csrc/forget_mult_cpu.cpp
+$(VENV)/.installed: setup.py pyproject.toml fairseq_awd/csrc/forget_mult_cpu.cpp
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" "numpy>=1.21.3,<2" cython "setuptools>=64" wheel
 	$(BUILD_ENV) $(BIN)/python -m pip install --quiet --no-build-isolation -e ".[dev]"

@@ -1,14 +1,19 @@
 """fairseq-awd-eval end to end on real text: plain evaluation equals fairseq-eval-lm, the
 cache pointer and dynamic evaluation reduce to it when switched off, bad options fail in
-one line."""
+one line, and on character-level text the bits per character are the log2-loss per
+character."""
 
 import hashlib
+import math
 import re
 import subprocess
 import sys
 
 import pytest
 from fairseq_cli_helpers import (
+    REPO,
+    SAMPLE_DATA,
+    SHARED_DATA,
     USER_DIR,
     assert_one_line_error,
     binarize,
@@ -22,6 +27,8 @@ ARCHS = {
     "lstm": ["--arch", "awd_lstm_lm"],
     "qrnn": ["--arch", "awd_qrnn_lm"],
     "lstm_adaptive": ["--arch", "awd_lstm_lm", "--adaptive-softmax-cutoff", "300,1000"],
+    "lstm_mos": ["--arch", "awd_lstm_lm", "--mos-components", "3",
+                 "--decoder-out-embed-dim", "16"],
 }
 
 
@@ -166,3 +173,122 @@ def test_bad_options_fail_in_one_line(data, lstm_checkpoint, options, fragments)
 def test_missing_checkpoint_fails_in_one_line(data, tmp_path):
     proc = awd_eval(data, tmp_path / "nothing.pt", "--gen-subset", "test", check=False)
     assert_one_line_error(proc, "--path: no checkpoint at")
+
+
+# ---- bits per character ----------------------------------------------------------------------
+
+def char_lines(split: str, n: int):
+    """``n`` lines of real text as prepare_data.py's --char mode writes them (one token per
+    character, ``_`` for a space): tiny Shakespeare from ../shared if present, else the
+    sample."""
+    source = SHARED_DATA / "tinyshakespeare" / "input.txt"
+    if source.is_file():
+        lines = source.read_text(encoding="utf-8").splitlines()
+        start = {"train": 0, "valid": 30000, "test": 35000}[split]
+        lines = lines[start:start + n]
+    else:
+        lines = (SAMPLE_DATA / f"{split}.txt").read_text(encoding="utf-8").splitlines()[:n]
+    return [" ".join("_" if c == " " else c for c in line) + "\n" for line in lines]
+
+
+@pytest.fixture(scope="module")
+def char_checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chars")
+    data = binarize(tmp / "bin", {"train": char_lines("train", 300),
+                                  "valid": char_lines("valid", 60),
+                                  "test": char_lines("test", 40)})
+    train(data, tmp / "ckpt", [*ARCHS["lstm"], "--max-update", "15", "--no-epoch-checkpoints",
+                               "--disable-validation", "--optimizer", "adam", "--lr", "3e-3"])
+    return data, tmp / "ckpt" / "checkpoint_last.pt"
+
+
+def word_scores(output: str):
+    """(token, natural-log probability) of every scored position, from --output-word-probs."""
+    scores = []
+    for line in output.splitlines():
+        match = re.search(r"eval_lm[^0-9]*\d+ (.*)$", line)
+        if match and " [" in match.group(1):
+            for item in match.group(1).split("\t"):
+                token, score = item.rsplit(" [", 1)
+                scores.append((token, float(score.rstrip("]"))))
+    return scores
+
+
+def test_bits_per_character_are_the_log2_loss_per_character(char_checkpoint):
+    data, checkpoint = char_checkpoint
+    proc = awd_eval(data, checkpoint, "--gen-subset", "test", "--output-word-probs")
+    out = proc.stdout + proc.stderr
+    assert "character-level data (a dictionary of single characters)" in out
+    loss = float(re.search(r"Loss \(base 2\): ([0-9.]+)", out).group(1))
+    bpc, with_line_ends = map(float, re.search(
+        r"bpc ([0-9.]+) \(counting line ends: ([0-9.]+)\)", out).groups())
+    scores = word_scores(out)
+    characters = [s for token, s in scores if token != "</s>"]
+    assert 0 < len(characters) < len(scores)  # line ends are scored too
+    assert with_line_ends == loss
+    assert -sum(s for _, s in scores) / len(scores) / math.log(2) == pytest.approx(loss, abs=1e-4)
+    assert -sum(characters) / len(characters) / math.log(2) == pytest.approx(bpc, abs=1e-4)
+    # the same line as fairseq-eval-lm's, and the same numbers under --softmax-batch
+    theirs = run("eval_lm", [str(data), "--path", str(checkpoint), "--user-dir", USER_DIR,
+                             "--task", "awd_language_modeling", "--cpu", "--gen-subset", "test",
+                             "--valid-batch-size", "1"])
+    assert result_line(proc) == result_line(theirs)
+    from fairseq_awd.evaluation.cli import main
+
+    argv = [str(data), "--path", str(checkpoint), "--cpu", "--gen-subset", "test"]
+    chunked = main([*argv, "--softmax-batch", "50"])  # scored in pieces of 50 positions
+    assert (round(chunked["bpc"], 4), round(chunked["bpc_with_line_ends"], 4)) == (
+        bpc, with_line_ends)
+    assert "bpc" not in main([*argv, "--char-level", "off"])
+
+
+def test_bits_per_character_only_where_asked_on_word_level_data(data, lstm_checkpoint):
+    auto = awd_eval(data, lstm_checkpoint, "--gen-subset", "test")
+    assert "bpc" not in auto.stdout + auto.stderr
+    forced = awd_eval(data, lstm_checkpoint, "--gen-subset", "test", "--char-level", "on")
+    assert re.search(r"bpc [0-9.]+ \(counting line ends: [0-9.]+\)", forced.stdout + forced.stderr)
+
+
+def test_character_level_data_is_recognized(tmp_path):
+    from fairseq.data import Dictionary
+
+    from fairseq_awd.evaluation.cli import character_level
+
+    def dictionary(symbols):
+        d = Dictionary()
+        for symbol in symbols:
+            d.add_symbol(symbol)
+        return d
+
+    assert character_level(str(tmp_path), dictionary(["a", "b", "_", "<U+0009>"])) is not None
+    assert character_level(str(tmp_path), dictionary(["32", "101", "255"])) is not None
+    assert character_level(str(tmp_path), dictionary(["the", "a", "<unk>"])) is None
+    assert character_level(str(tmp_path), dictionary(["256", "3"])) is None
+    (tmp_path / "char-level.json").write_text('{"format": "bytes"}', encoding="utf-8")
+    assert "char-level.json" in character_level(str(tmp_path), dictionary(["the"]))
+
+
+def test_sample_chars_continues_the_prompt(char_checkpoint):
+    """scripts/sample_chars.py: the prompt (with a newline), then --length characters drawn
+    one at a time, the same for the same seed."""
+    data, checkpoint = char_checkpoint
+    script = str(REPO / "scripts" / "sample_chars.py")
+    prompt = "ROMEO:\nI am"
+
+    def sample(*extra):
+        return subprocess.run(
+            [sys.executable, script, "--data", str(data), "--path", str(checkpoint), "--prompt",
+             prompt, "--length", "40", "--cpu", *extra],
+            capture_output=True, text=True, env=one_thread_env(), timeout=300)
+
+    first, again, other = sample("--seed", "1"), sample("--seed", "1"), sample("--seed", "2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout == again.stdout != other.stdout
+    assert first.stdout.startswith(prompt)
+    continuation = first.stdout[len(prompt):]
+    assert len(continuation.rstrip("\n")) <= 40 <= len(continuation)  # line ends included
+    symbols = {line.split()[0] for line in (data / "dict.txt").read_text().splitlines()}
+    assert set(continuation) - {"\n", " "} <= symbols
+    bad = sample("--length", "0")
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+        "error: --length and --temperature must be positive, --topk non-negative"]

@@ -41,14 +41,23 @@ def corpus(tmp_path_factory):
     return data, lines
 
 
-@pytest.fixture(scope="module", params=["awd_lstm_lm", "awd_qrnn_lm"])
+MODELS = {"lstm": ["--arch", "awd_lstm_lm"], "qrnn": ["--arch", "awd_qrnn_lm"],
+          # at lr 20 the mixture's tanh projection of this tiny model jumps from epoch to
+          # epoch (K = 1 too: valid ppl 444, 213, 471); the MoS paper's lr 20 is for its sizes
+          "lstm-mos": ["--arch", "awd_lstm_lm", "--mos-components", "3",
+                       "--decoder-out-embed-dim", "30", "--lr", "5"]}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
 def trained(request, corpus, tmp_path_factory):
-    """A tiny model of each architecture, trained for 3 epochs (the QRNN with window 2)."""
+    """A tiny model of each architecture, trained for 3 epochs (the QRNN with window 2, the
+    mixture of softmaxes with 3 components)."""
     data, _ = corpus
     save_dir = tmp_path_factory.mktemp("ckpt")
-    proc = train(data, save_dir, ["--arch", request.param, "--max-epoch", "3",
+    proc = train(data, save_dir, [*MODELS[request.param], "--max-epoch", "3",
                                   "--no-epoch-checkpoints"])
-    assert ("QRNNLayer(" in proc.stdout) == (request.param == "awd_qrnn_lm")  # model summary
+    assert ("QRNNLayer(" in proc.stdout) == (request.param == "qrnn")  # model summary
+    assert ("MixtureOfSoftmaxes(" in proc.stdout) == (request.param == "lstm-mos")
     return save_dir, json_logs(proc.stdout + proc.stderr, "valid")
 
 
@@ -100,8 +109,9 @@ def test_hub_scores_without_carried_state_and_samples(trained, corpus):
     model = lm.models[0]  # already in eval mode (hub interface)
     assert not model.training
     with torch.no_grad():
-        logits, _ = model(torch.cat([words.new([lm.task.dictionary.eos()]), words]).unsqueeze(0))
-        expected = torch.log_softmax(logits[0, :-1], -1).gather(1, words.unsqueeze(1)).squeeze(1)
+        net_output = model(torch.cat([words.new([lm.task.dictionary.eos()]), words]).unsqueeze(0))
+        lprobs = model.get_normalized_probs(net_output, log_probs=True)  # log_softmax(logits)
+        expected = lprobs[0, :-1].gather(1, words.unsqueeze(1)).squeeze(1)
     assert torch.allclose(scored["positional_scores"], expected, atol=1e-5)
     assert lm.sample("the company", sampling=True, sampling_topk=5, max_len_b=5).startswith(
         "the company")
@@ -167,19 +177,22 @@ def test_finetuning_stage_averages_and_stops_on_the_nonmonotone_condition(corpus
     data, _ = corpus
     base, tuned = tmp_path / "base", tmp_path / "finetuned"
     train(data, base, ["--max-epoch", "1", "--no-epoch-checkpoints"])
-    # lr 200 degrades the model epoch after epoch, so that with --nonmono 1 the condition
-    # (a loss worse than the best but the last one) fires at the third validation.
+    # lr 200 degrades the model, so that with --nonmono 1 the condition (a loss worse than
+    # the best of all but the last one) fires within a few validations; where exactly
+    # depends on the rounding of a chaotic trajectory, so it is read from the logged losses.
     proc = train(data, tuned, [
         "--restore-file", str(base / "checkpoint_best.pt"), "--reset-optimizer",
         "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler", "--average-from-start",
-        "--nonmono", "1", "--lr", "200", "--max-epoch", "6", "--no-epoch-checkpoints",
+        "--nonmono", "1", "--lr", "200", "--max-epoch", "8", "--no-epoch-checkpoints",
     ])
     output = proc.stdout + proc.stderr
     valid = [float(record["valid_loss"]) for record in json_logs(output, "valid")]
-    assert len(valid) == 3 and valid[2] > valid[0], valid
-    assert "NT-ASGD fine-tuning done before epoch 4" in output
+    fires = [t for t in range(3, len(valid) + 1) if valid[t - 1] > min(valid[:t - 2])]
+    assert fires and len(valid) == fires[0] < 8, valid  # stopped at the first firing
+    epoch = len(valid)
+    assert f"NT-ASGD fine-tuning done before epoch {epoch + 1}" in output
     last = load_model_state(tuned / "checkpoint_last.pt")
-    assert last["extra_state"]["train_iterator"]["epoch"] == 4  # after epoch 3
+    assert last["extra_state"]["train_iterator"]["epoch"] == epoch + 1  # after that epoch
     group = last["last_optimizer_state"]["param_groups"][0]
     assert group["average_from_start"] and group["finished"] and group["val_history"] == [
         pytest.approx(v, abs=1e-3) for v in valid]

@@ -2,6 +2,7 @@
 2 updates of the paper-sized models on CPU, then eval-lm on valid and test."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,13 @@ RECIPES = {
     "qrnn-wikitext-2": (["--batch-size", "8"], [
         "'_name': 'awd_qrnn_lm_wt2', " + AWD_QRNN + "'dropout': 0.4, 'dropouth': 0.2, "
         "'dropouti': 0.4, 'dropoute': 0.1, 'wdrop': 0.1", "'clip_norm': 0.25", "'seed': 4002"]),
+    "lstm-ptb-mos": ([], [
+        "'_name': 'awd_lstm_lm_mos', 'decoder_embed_dim': 280, 'decoder_hidden_size': 960, "
+        "'decoder_layers': 3, 'decoder_out_embed_dim': 620, 'untie_weights': False, "
+        "'dropout': 0.4, 'dropouth': 0.225, 'dropouti': 0.4, 'dropoute': 0.1, 'wdrop': 0.5",
+        "'mos_components': 15, 'dropoutl': 0.29", "'seed': 28", "'lr': [20.0]",
+        "(mos_output): MixtureOfSoftmaxes(",
+        "(latent): Linear(in_features=620, out_features=4200, bias=True)"]),
     # the paper-sized WikiText-103 model does not fit tiny data: options after the recipe's
     # override them
     "qrnn-wikitext-103": ([
@@ -95,3 +103,52 @@ def test_finetune_stage_restarts_from_the_trained_model_and_scores_the_cache(tmp
                          base_checkpoint=tmp_path / "nothing.pt")
     assert missing.returncode == 1 and f"no {tmp_path / 'nothing.pt'} to fine-tune" in (
         missing.stderr)
+
+
+# character-level recipe -> (data kind, fragments of the configuration fairseq prints)
+CHAR_RECIPES = {
+    "lstm-ptb-char": ("chars", "'_name': 'awd_lstm_lm', 'decoder_embed_dim': 200, "
+                      "'decoder_hidden_size': 1000, 'decoder_layers': 3, "),
+    "qrnn-ptb-char": ("chars", "'_name': 'awd_qrnn_lm', 'decoder_embed_dim': 200, "
+                      "'decoder_hidden_size': 1000, 'decoder_layers': 6, "),
+    "lstm-enwik8": ("bytes", "'_name': 'awd_lstm_lm', 'decoder_embed_dim': 400, "
+                    "'decoder_hidden_size': 1840, 'decoder_layers': 3, "),
+    "qrnn-enwik8": ("bytes", "'_name': 'awd_qrnn_lm', 'decoder_embed_dim': 400, "
+                    "'decoder_hidden_size': 1840, 'decoder_layers': 4, "),
+}
+CHAR_SETTINGS = {  # the reference README's PTB-character and enwik8 commands
+    "chars": ["'dropout': 0.1, 'dropouth': 0.25, 'dropouti': 0.1, 'dropoute': 0.0, 'wdrop': 0.5",
+              "'bptt': 150", "'lr': [0.002]", "'when': [300, 400]", "'max_epoch': 500"],
+    "bytes": ["'dropout': 0.4, 'dropouth': 0.1, 'dropouti': 0.1, 'dropoute': 0.0, 'wdrop': 0.2",
+              "'bptt': 200", "'lr': [0.001]", "'when': [25, 35]", "'max_epoch': 50"],
+}
+
+
+@pytest.fixture(scope="module")
+def char_data(tmp_path_factory):
+    """Real text as the PTB character files write it and as enwik8's byte tokens."""
+    sizes = {"train": 300, "valid": 60, "test": 10}
+    lines = {split: real_text_lines(split, n) for split, n in sizes.items()}
+    tmp = tmp_path_factory.mktemp("char_recipes")
+    return {
+        "chars": binarize(tmp / "chars", {split: [
+            " _ ".join(" ".join(word) for word in line.split()) + "\n" for line in block]
+            for split, block in lines.items()}),
+        "bytes": binarize(tmp / "bytes", {split: [
+            " ".join(str(b) for b in line.rstrip("\n").encode("utf-8")) + "\n" for line in block]
+            for split, block in lines.items()}),
+    }
+
+
+@pytest.mark.parametrize("recipe", sorted(CHAR_RECIPES))
+def test_char_recipe_runs_and_reports_bits_per_character(recipe, char_data, tmp_path):
+    kind, model = CHAR_RECIPES[recipe]
+    proc = run_recipe(recipe, char_data[kind], tmp_path / "ckpt", ["--batch-size", "4"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    for fragment in [model, *CHAR_SETTINGS[kind], "'_name': 'adam'", "'weight_decay': 1.2e-06",
+                     "'alpha': 0.0, 'beta': 0.0", "'clip_norm': 0.25", "'seed': 1111"]:
+        assert fragment in output, fragment
+    # fairseq-awd-eval on valid and test: eval-lm's line, then bits per character
+    assert output.count("Perplexity:") == 2
+    assert len(re.findall(r"bpc [0-9.]+ \(counting line ends: [0-9.]+\)", output)) == 2

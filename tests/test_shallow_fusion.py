@@ -128,3 +128,30 @@ def test_lm_of_another_dictionary_is_refused(setup, tmp_path):
     n = len(symbols) + 4  # fairseq's special symbols
     assert f"dictionary ({n} types) differs from the target dictionary" in error
     assert f"{data}/dict.en.txt ({n} types" in error and "--srcdict" in error
+
+
+def test_mixture_of_softmaxes_lm_fuses_and_rescores(setup):
+    """An LM with a mixture of softmaxes: incremental fusion equals plain fusion, and the
+    rescorer's batched sentence scores equal the hub's (both through its exact
+    ``get_normalized_probs``)."""
+    import torch
+
+    from fairseq_awd.rescoring.lm_scorer import LMScorer, load_lm
+
+    mt, root = setup["mt"], setup["root"]
+    lm_dir = root / "lm-mos"
+    run("train", [str(root / "lm-bin"), *TRAIN_DEFAULTS, *TINY_MODEL, "--save-dir", str(lm_dir),
+                  "--mos-components", "3", "--decoder-out-embed-dim", "16", "--batch-size",
+                  "20", "--bptt", "20", "--max-epoch", "1", "--no-epoch-checkpoints"])
+    checkpoint = lm_dir / "checkpoint_best.pt"
+    plain, incremental = (_hypotheses(proc.stdout) for proc in _generate_both(
+        mt.data, mt.checkpoint, "--lm-path", str(checkpoint), "--lm-weight", "0.5"))
+    _assert_same(incremental, plain, atol=1e-4)
+    hub = load_lm(str(checkpoint), str(root / "lm-bin"), cpu=True)
+    assert hub.models[0].decoder.mos_output is not None
+    sentences = [text for hyps in plain.values() for _, text in hyps][:12]
+    scores = LMScorer(hub, batch_size=5).score(sentences, include_eos=False)
+    with torch.no_grad():
+        for sentence, score in zip(sentences, scores):
+            expected = float(hub.score(sentence)["positional_scores"].sum())
+            assert abs(score.logprob - expected) < 1e-4, sentence

@@ -9,6 +9,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
 from fairseq_awd.errors import FairseqAWDError
+from fairseq_awd.models.awd_rnn import AWDRNNDecoder
 from fairseq_awd.modules import activation_regularization, temporal_activation_regularization
 
 
@@ -34,9 +35,10 @@ class AWDCrossEntropyCriterion(FairseqCriterion):
     carries ``raw_output``/``dropped_output`` (AWD models); ``nll_loss``, from which
     perplexity is computed, is logged separately and never includes them.
 
-    For an AWD model with an adaptive softmax (``decoder.adaptive_output``), the NLL is the
-    decoder's exact adaptive-softmax NLL, which computes only the head and, per tail
-    cluster, the positions whose target falls in it: no ``(B, T, V)`` log-probabilities.
+    For an AWD model the NLL is the decoder's ``output_nll``: with an adaptive softmax
+    (``decoder.adaptive_output``) only the head and, per tail cluster, the positions whose
+    target falls in it are computed; with a mixture of softmaxes (``decoder.mos_output``)
+    only each component's normalizer and target logit: no ``(B, T, V)`` log-probabilities.
     """
 
     def __init__(self, task, alpha: float, beta: float):
@@ -53,8 +55,8 @@ class AWDCrossEntropyCriterion(FairseqCriterion):
         output, extra = net_output[0], net_output[1]
         target = model.get_targets(sample, net_output)
         decoder = getattr(model, "decoder", None)
-        if getattr(decoder, "adaptive_output", None) is not None:
-            nll = decoder.adaptive_nll(net_output, target, ignore_index=self.padding_idx).sum()
+        if isinstance(decoder, AWDRNNDecoder):  # adaptive softmax, mixture of softmaxes
+            nll = decoder.output_nll(net_output, target, ignore_index=self.padding_idx).sum()
         else:
             nll = F.cross_entropy(
                 output.reshape(-1, output.size(-1)).float(),

@@ -11,6 +11,12 @@ scores with fairseq's own ``eval_lm`` loop, so plain evaluation prints exactly w
 ``fairseq-eval-lm`` prints. A comma-separated list for a cache or dynamic-evaluation
 hyperparameter is a grid: every combination is scored on ``--tune-subset`` and the best
 one on ``--gen-subset``.
+
+On character-level data (``--char-level auto`` finds it: a ``char-level.json`` written by
+``scripts/prepare_data.py``, or a dictionary of single characters or of byte values) it
+prints, on the line after the perplexity, ``bpc X (counting line ends: Y)``: ``X`` is the
+mean of the log2-loss over the characters alone, ``Y`` over characters and line ends
+(``</s>``), which is fairseq-eval-lm's ``Loss (base 2)`` and the papers' bpc.
 """
 
 import argparse
@@ -25,14 +31,17 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from fairseq import checkpoint_utils, options, tasks, utils
+from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq_cli.eval_lm import eval_lm
 
 import fairseq_awd  # noqa: F401  (registers the task and models)
+from fairseq_awd.data.char_text import CHAR_INFO, ESCAPE
 from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.evaluation.scorers import (
     CachePointerLM,
     DynamicEvalLM,
+    LineEndScores,
     collect_gradient_statistics,
 )
 from fairseq_awd.optim.dynamic_eval import (
@@ -91,7 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--tune-subset", metavar="SPLIT",
                        help="split on which a grid (comma-separated values) is searched; the "
                        "best values then score --gen-subset")
+    group = parser.add_argument_group("fairseq-awd-eval: bits per character")
+    group.add_argument("--char-level", choices=("auto", "on", "off"), default="auto",
+                       help="print 'bpc X (counting line ends: Y)' after the perplexity: on, "
+                       "off, or auto: when DATA has prepare_data.py's char-level.json or its "
+                       "dictionary holds single characters or byte values only")
     return parser
+
+
+def character_level(data: str, dictionary: Dictionary) -> Optional[str]:
+    """Why ``data`` (a binarized directory) is character-level, or None when it is not: its
+    ``char-level.json`` (``scripts/prepare_data.py``), or a dictionary whose symbols
+    (fairseq's specials and ``--padding-factor`` fillers aside) are all single characters
+    (``<U+XXXX>`` escapes included) or all byte values 0-255 (the reference's enwik8)."""
+    if os.path.isfile(os.path.join(data, CHAR_INFO)):
+        return f"{CHAR_INFO} in {data}"
+    symbols = [dictionary[i] for i in range(dictionary.nspecial, len(dictionary))
+               if not dictionary[i].startswith("madeupword")]
+    if not symbols:
+        return None
+    if all(len(s) == 1 or ESCAPE.fullmatch(s) for s in symbols):
+        return "a dictionary of single characters"
+    if all(s.isdigit() and int(s) < 256 for s in symbols):
+        return "a dictionary of byte values"
+    return None
 
 
 def parse_grid(value: Optional[str], option: str, default: Optional[float]) -> List[float]:
@@ -200,6 +232,14 @@ class Evaluator:
                 logger.info("dynamic evaluation: gradient statistics from %d windows of '%s' "
                             "in %.1fs", used, args.dynamic_stats_subset, time.time() - start)
         self._loaded = set()
+        self.char_level: Optional[str] = None
+        if args.char_level != "off":
+            data = utils.split_paths(cfg.task.data)[0]
+            self.char_level = character_level(data, self.task.target_dictionary) or (
+                "--char-level on" if args.char_level == "on" else None)
+            if self.char_level is not None:
+                logger.info("character-level data (%s): bits per character follow the "
+                            "perplexity", self.char_level)
 
     def scorer(self, setting: Dict[str, float]) -> torch.nn.Module:
         model = self.model
@@ -228,8 +268,11 @@ class Evaluator:
         cfg = self.cfg
         itr = self.task.eval_lm_dataloader(dataset=self.dataset(split),
                                            num_workers=cfg.dataset.num_workers)
+        model = self.scorer(setting)
+        if self.char_level is not None:
+            model = LineEndScores(model, self.task.target_dictionary)
         results = eval_lm(
-            models=[self.scorer(setting)], source_dictionary=self.task.source_dictionary,
+            models=[model], source_dictionary=self.task.source_dictionary,
             batch_iterator=itr, post_process=cfg.common_eval.post_process,
             output_word_probs=cfg.eval_lm.output_word_probs,
             output_word_stats=cfg.eval_lm.output_word_stats,
@@ -238,6 +281,9 @@ class Evaluator:
         )
         if self.optimizer is not None:
             self.optimizer.reset()
+        if self.char_level is not None:
+            results["bpc"] = model.bits_per_character()
+            results["bpc_with_line_ends"] = float(results["loss"])
         return results
 
 
@@ -276,6 +322,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     results = evaluator.score(cfg.dataset.gen_subset, setting)
     logger.info("Loss (base 2): {:.4f}, Perplexity: {:.2f}".format(
         results["loss"], results["perplexity"]))
+    if "bpc" in results:
+        logger.info("bpc {:.4f} (counting line ends: {:.4f})".format(
+            results["bpc"], results["bpc_with_line_ends"]))
     return dict(results, **setting)
 
 

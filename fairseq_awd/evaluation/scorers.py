@@ -8,8 +8,12 @@ call, ``stream_id``/``stream_start`` from ``awd_language_modeling``):
 * ``forward(**net_input)``, then ``get_normalized_probs(net_output, log_probs, sample)``,
   once per window (``--softmax-batch`` would split the second call and is refused by
   ``fairseq-awd-eval``).
+
+``LineEndScores`` only listens: it wraps whichever of them is scored (or the plain model)
+and splits the scores into line ends and characters, for bits per character.
 """
 
+import math
 from typing import Dict, Optional
 
 import torch
@@ -81,6 +85,41 @@ class DynamicEvalLM(nn.Module):
         self.optimizer.step()
         lprobs = lprobs.detach()
         return lprobs if log_probs else lprobs.exp()
+
+
+class LineEndScores(nn.Module):
+    """``model`` as it is, keeping apart the log-probabilities of the targets that are line
+    ends (``</s>``) and of all other targets (padding excluded), for bits per character with
+    and without the line ends. Wraps the outermost scorer: it sees the log-probabilities
+    that ``eval_lm`` sums, and skips infinite ones as ``eval_lm`` does."""
+
+    def __init__(self, model: nn.Module, dictionary):
+        super().__init__()
+        self.model = model
+        self.eos, self.pad = dictionary.eos(), dictionary.pad()
+        self.sums = {"line_end": 0.0, "character": 0.0}
+        self.counts = {"line_end": 0, "character": 0}
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def get_normalized_probs(self, net_output, log_probs: bool, sample=None) -> torch.Tensor:
+        probs = self.model.get_normalized_probs(net_output, log_probs=log_probs, sample=sample)
+        target = sample["target"]
+        scores = probs.detach().gather(-1, target.unsqueeze(-1)).squeeze(-1).double()
+        if not log_probs:
+            scores = scores.log()
+        finite = torch.isfinite(scores) & target.ne(self.pad)
+        for kind, mask in (("line_end", target.eq(self.eos)), ("character", target.ne(self.eos))):
+            mask = mask & finite
+            self.sums[kind] += float(scores[mask].sum())
+            self.counts[kind] += int(mask.sum())
+        return probs
+
+    def bits_per_character(self) -> float:
+        """Mean negative log2-probability of the targets that are not line ends."""
+        count = self.counts["character"]
+        return -self.sums["character"] / count / math.log(2) if count else 0.0
 
 
 def collect_gradient_statistics(model: nn.Module, task, optimizer: DynamicEvaluation,

@@ -9,6 +9,7 @@ from fairseq_awd.models.awd_rnn import (
     AWDRNNConfig,
     AWDRNNDecoder,
     AWDRNNLanguageModel,
+    apply_defaults,
     wikitext103_setting,
 )
 from fairseq_awd.modules import WeightDropLSTM
@@ -53,3 +54,23 @@ def awd_lstm_lm_wt103(args):
     """WikiText-103 (267k words): the AWD-QRNN WikiText-103 setting with 4 LSTM layers."""
     args.decoder_layers = getattr(args, "decoder_layers", 4)
     wikitext103_setting(args)
+
+
+@register_model_architecture("awd_lstm_lm", "awd_lstm_lm_mos")
+def awd_lstm_lm_mos(args):
+    """The MoS paper's PTB model (Yang et al. 2017; its README: ``--emsize 280 --nhid 960
+    --nhidlast 620 --n_experts 15 --dropouti 0.4 --dropoutl 0.29 --dropouth 0.225``, 22M
+    parameters); ``main.py``'s other defaults are AWD-LSTM's (dropout 0.4, dropoute 0.1,
+    wdrop 0.5)."""
+    apply_defaults(args, decoder_embed_dim=280, decoder_hidden_size=960,
+                   decoder_out_embed_dim=620, mos_components=15, dropouti=0.4, dropouth=0.225,
+                   dropoutl=0.29)
+
+
+@register_model_architecture("awd_lstm_lm", "awd_lstm_lm_mos_wt2")
+def awd_lstm_lm_mos_wt2(args):
+    """The MoS paper's WikiText-2 model (its README: ``--emsize 300 --nhid 1150 --nhidlast
+    650 --n_experts 15 --dropouti 0.55 --dropoutl 0.29 --dropouth 0.2``, 35M parameters)."""
+    apply_defaults(args, decoder_embed_dim=300, decoder_hidden_size=1150,
+                   decoder_out_embed_dim=650, mos_components=15, dropouti=0.55, dropouth=0.2,
+                   dropoutl=0.29)

@@ -16,7 +16,7 @@ from torch import nn
 
 from fairseq_awd.dictionary_check import check_dictionary, dictionary_fingerprint
 from fairseq_awd.errors import FairseqAWDError
-from fairseq_awd.modules import AWDEncoder, LayerStates, TiedAdaptiveSoftmax
+from fairseq_awd.modules import AWDEncoder, LayerStates, MixtureOfSoftmaxes, TiedAdaptiveSoftmax
 from fairseq_awd.modules.adaptive_softmax import check_cutoffs
 from fairseq_awd.optim.discriminative_adam import set_layer_depth
 
@@ -66,6 +66,18 @@ class AWDRNNConfig(FairseqDataclass):
         metadata={"help": "dropout on the hidden vectors fed to the adaptive softmax's tail "
                   "clusters"},
     )
+    mos_components: int = field(
+        default=0,
+        metadata={"help": "mixture of softmaxes (Yang et al. 2017): the number K of softmaxes "
+                  "over the (tied) word vectors, mixed by a learned prior; 0: one softmax. "
+                  "The last layer's output (--decoder-out-embed-dim, any size) is projected "
+                  "into K contexts of --decoder-embed-dim with tanh"},
+    )
+    dropoutl: Optional[float] = field(
+        default=None,
+        metadata={"help": "locked dropout on the mixture of softmaxes' contexts (the MoS "
+                  "paper's --dropoutl; default: --dropouth, as in its code)"},
+    )
     # No --adaptive-softmax-factor: the tail clusters' word vectors are rows of the one
     # (V, E) embedding, so their size is E; shrinking it would need projections that the
     # tied split softmax of AWD-QRNN does not have.
@@ -92,17 +104,19 @@ def parse_adaptive_softmax_cutoff(value: Optional[str], vocab_size: int) -> Opti
         raise FairseqAWDError(f"--adaptive-softmax-cutoff: {err}; {fix}") from None
 
 
+def apply_defaults(args, **defaults) -> None:
+    """Set each of ``defaults`` on ``args`` unless it was given (fairseq's architecture
+    functions: command-line values win)."""
+    for name, value in defaults.items():
+        setattr(args, name, getattr(args, name, value))
+
+
 def wikitext103_setting(args) -> None:
     """The AWD-QRNN WikiText-103 setting (Merity, Keskar and Socher 2018), for any AWD
     architecture: 2500 hidden units, light dropout, no embedding or weight drop, and the
     tied adaptive softmax cut at 2800, 20000 and 76000 words. Command-line values win."""
-    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 2500)
-    args.dropoute = getattr(args, "dropoute", 0.0)
-    args.dropouth = getattr(args, "dropouth", 0.1)
-    args.dropouti = getattr(args, "dropouti", 0.1)
-    args.dropout = getattr(args, "dropout", 0.1)
-    args.wdrop = getattr(args, "wdrop", 0.0)
-    args.adaptive_softmax_cutoff = getattr(args, "adaptive_softmax_cutoff", "2800,20000,76000")
+    apply_defaults(args, decoder_hidden_size=2500, dropoute=0.0, dropouth=0.1, dropouti=0.1,
+                   dropout=0.1, wdrop=0.0, adaptive_softmax_cutoff="2800,20000,76000")
 
 
 def check_state_dict_dictionary(state_dict: Dict[str, torch.Tensor], prefix: str,
@@ -163,7 +177,8 @@ class AWDRNNDecoder(AWDEncoder, FairseqIncrementalDecoder):
     checkpoints have always had (``decoder.embed_tokens.weight``, ``decoder.layers.0.*``,
     ``decoder.dictionary_fingerprint``), the LM's encoder weights are exactly what a
     classifier's ``encoder`` (a plain ``AWDEncoder``) loads, and parameter names are those
-    keys. The output layer (``output_weight``, ``output_bias``, ``adaptive_output``) and
+    keys. The output layer (``output_weight``, ``output_bias``, ``adaptive_output``,
+    ``mos_output``) and
     the carried state are the decoder's own.
 
     Subclasses build the layers (``build_layer``); each is called as
@@ -186,6 +201,12 @@ class AWDRNNDecoder(AWDEncoder, FairseqIncrementalDecoder):
     ``adaptive_softmax``: fairseq's own code paths for that name expect
     ``fairseq.modules.AdaptiveSoftmax``.
 
+    With ``--mos-components K`` the output layer is a ``MixtureOfSoftmaxes``
+    (``mos_output``, Yang et al. 2017) over the same word vectors, and ``forward``'s first
+    output is its packed contexts and prior logits with the same column of ones, ``(B, T,
+    K * D + K + 1)``; ``get_normalized_probs`` mixes the K softmaxes exactly, and
+    ``output_nll`` (what the criterion calls) needs no ``(B, T, V)`` distribution.
+
     Recurrent state is carried in two ways: fairseq's ``incremental_state`` (one token
     per call, reorderable for beam search), and named *streams* for stateful BPTT: a
     call with ``stream_id`` continues that stream from the detached state the previous
@@ -197,7 +218,21 @@ class AWDRNNDecoder(AWDEncoder, FairseqIncrementalDecoder):
     def __init__(self, dictionary: Dictionary, cfg: AWDRNNConfig):
         out_dim = cfg.decoder_out_embed_dim or cfg.decoder_embed_dim
         tied = not cfg.untie_weights
-        if tied and out_dim != cfg.decoder_embed_dim:
+        mos_components = getattr(cfg, "mos_components", 0) or 0
+        if mos_components < 0:
+            raise FairseqAWDError(f"--mos-components must be 0 (one softmax) or the number of "
+                                  f"softmaxes to mix, got {mos_components}")
+        if mos_components and getattr(cfg, "adaptive_softmax_cutoff", None):
+            raise FairseqAWDError("--mos-components and --adaptive-softmax-cutoff do not go "
+                                  "together (the mixture needs every word's logit in each "
+                                  "component): drop one of them")
+        dropoutl = getattr(cfg, "dropoutl", None)
+        dropoutl = cfg.dropouth if dropoutl is None else dropoutl
+        if not 0.0 <= dropoutl < 1.0:
+            raise FairseqAWDError(f"--dropoutl must be in [0, 1), got {dropoutl}")
+        # The word vectors' size: the mixture's contexts have the embedding's size.
+        word_dim = cfg.decoder_embed_dim if mos_components else out_dim
+        if tied and word_dim != cfg.decoder_embed_dim:
             raise FairseqAWDError(
                 f"cannot tie weights: --decoder-out-embed-dim {out_dim} differs from "
                 f"--decoder-embed-dim {cfg.decoder_embed_dim}; make them equal or pass "
@@ -220,9 +255,12 @@ class AWDRNNDecoder(AWDEncoder, FairseqIncrementalDecoder):
                                                   adaptive_dropout)
         super().__init__(**encoder, dictionary=dictionary)
         self.cfg = cfg
-        self.output_weight = None if tied else nn.Parameter(torch.empty(len(dictionary), out_dim))
+        self.output_weight = None if tied else nn.Parameter(torch.empty(len(dictionary), word_dim))
         self.output_bias = nn.Parameter(torch.zeros(len(dictionary)))
         self.adaptive_output = adaptive_output
+        self.mos_output = None
+        if mos_components:
+            self.mos_output = MixtureOfSoftmaxes(out_dim, word_dim, mos_components, dropoutl)
         self._streams: Dict[str, LayerStates] = {}
         if self.output_weight is not None:
             nn.init.uniform_(self.output_weight, -0.1, 0.1)
@@ -278,11 +316,29 @@ class AWDRNNDecoder(AWDEncoder, FairseqIncrementalDecoder):
         return self.embed_tokens.weight if self.output_weight is None else self.output_weight
 
     def output_layer(self, features: torch.Tensor) -> torch.Tensor:
-        """``(..., C)`` features -> logits ``(..., V)``; with the adaptive softmax, the
-        features with a column of ones appended, ``(..., C + 1)`` (see the class doc)."""
+        """Time-major ``(T, B, C)`` features -> logits ``(T, B, V)``; with the adaptive
+        softmax, the features with a column of ones appended, ``(T, B, C + 1)``; with the
+        mixture of softmaxes, its packed contexts and a column of ones, ``(T, B, K * D + K
+        + 1)`` (see the class doc)."""
+        if self.mos_output is not None:
+            features = self.mos_output.contexts(features)
+        elif self.adaptive_output is None:
+            return F.linear(features, self.word_vectors, self.output_bias)
+        return torch.cat([features, features.new_ones(*features.shape[:-1], 1)], dim=-1)
+
+    def output_nll(self, net_output: Tuple[torch.Tensor, Any], target: torch.Tensor,
+                   ignore_index: int = -100) -> torch.Tensor:
+        """``-log p(target)`` of each position, ``(B, T)`` (0 where ``target ==
+        ignore_index``), from ``forward``'s output and ``target (B, T)``, without the
+        full-vocabulary distribution where the output layer allows it."""
         if self.adaptive_output is not None:
-            return torch.cat([features, features.new_ones(*features.shape[:-1], 1)], dim=-1)
-        return F.linear(features, self.word_vectors, self.output_bias)
+            return self.adaptive_nll(net_output, target, ignore_index)
+        if self.mos_output is not None:
+            return self.mos_output(net_output[0][..., :-1], target, self.word_vectors,
+                                   self.output_bias, ignore_index=ignore_index)
+        logits = net_output[0]
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1),
+                               ignore_index=ignore_index, reduction="none").view(target.shape)
 
     def adaptive_nll(self, net_output: Tuple[torch.Tensor, Any], target: torch.Tensor,
                      ignore_index: int = -100) -> torch.Tensor:
@@ -299,13 +355,14 @@ class AWDRNNDecoder(AWDEncoder, FairseqIncrementalDecoder):
                                         sample: Optional[Dict[str, torch.Tensor]] = None
                                         ) -> torch.Tensor:
         """(Log-)probabilities ``(B, T, V)`` over the whole vocabulary; exact with the
-        adaptive softmax too (``sample``'s target is not used)."""
-        if self.adaptive_output is None:
+        adaptive softmax and the mixture of softmaxes too (``sample``'s target is not used)."""
+        head = self.adaptive_output if self.mos_output is None else self.mos_output
+        if head is None:
             return super().get_normalized_probs_scriptable(net_output, log_probs, sample)
         x = net_output[0]
         inv_temperature = x[..., -1:]
         features = x[..., :-1] / inv_temperature
-        lprobs = self.adaptive_output.log_prob(features, self.word_vectors, self.output_bias)
+        lprobs = head.log_prob(features, self.word_vectors, self.output_bias)
         if not bool(inv_temperature.eq(1).all()):
             lprobs = torch.log_softmax(lprobs * inv_temperature.float(), dim=-1)
         return lprobs if log_probs else lprobs.exp_()

@@ -7,6 +7,7 @@ from .concat_pooling import PoolingClassifierHead, concat_pool
 from .embedding_dropout import embedding_dropout
 from .forget_mult import forget_mult, forget_mult_reference
 from .locked_dropout import LockedDropout
+from .mixture_of_softmaxes import MixtureOfSoftmaxes
 from .qrnn import QRNN, QRNNLayer, QRNNLayerState, QRNNState
 from .regularization import activation_regularization, temporal_activation_regularization
 from .weight_drop import WeightDropLSTM
@@ -17,6 +18,7 @@ __all__ = [
     "ContinuousCache",
     "LayerStates",
     "LockedDropout",
+    "MixtureOfSoftmaxes",
     "PoolingClassifierHead",
     "QRNN",
     "QRNNLayer",
