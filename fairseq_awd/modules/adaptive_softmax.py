@@ -51,7 +51,7 @@ def check_cutoffs(cutoffs: Sequence[int], vocab_size: int) -> List[int]:
     return cutoffs
 
 
-def _upcast(x: torch.Tensor) -> torch.Tensor:
+def upcast_half(x: torch.Tensor) -> torch.Tensor:
     """Half-precision logits to float32 for the softmax; other dtypes as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
@@ -113,7 +113,7 @@ class TiedAdaptiveSoftmax(nn.Module):
     def _head_logits(self, h: torch.Tensor, weights, biases) -> torch.Tensor:
         head_weight = torch.cat([weights[0], self.cluster_weight.to(weights[0].dtype)])
         head_bias = torch.cat([biases[0], self.cluster_bias.to(biases[0].dtype)])
-        return _upcast(F.linear(h, head_weight, head_bias))
+        return upcast_half(F.linear(h, head_weight, head_bias))
 
     def _tail_input(self, h: torch.Tensor) -> torch.Tensor:
         return F.dropout(h, self.dropout, self.training) if self.dropout > 0 else h
@@ -152,7 +152,7 @@ class TiedAdaptiveSoftmax(nn.Module):
             rows = (cluster.eq(k) & keep).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
-            logits = _upcast(F.linear(tail_h.index_select(0, rows), weights[k], biases[k]))
+            logits = upcast_half(F.linear(tail_h.index_select(0, rows), weights[k], biases[k]))
             word = target.index_select(0, rows) - self.bounds[k - 1]
             nll = nll.index_add(0, rows, F.cross_entropy(logits, word, reduction="none"))
         return nll.view(shape)
@@ -174,6 +174,6 @@ class TiedAdaptiveSoftmax(nn.Module):
         pieces = [head[:, :c1]]
         tail_h = self._tail_input(h)
         for k in range(1, len(self.bounds)):
-            logits = _upcast(F.linear(tail_h, weights[k], biases[k]))
+            logits = upcast_half(F.linear(tail_h, weights[k], biases[k]))
             pieces.append(F.log_softmax(logits, dim=-1) + head[:, c1 + k - 1:c1 + k])
         return torch.cat(pieces, dim=-1).view(*lead, self.vocab_size)

@@ -16,11 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adaptive_softmax import upcast_half
 from .locked_dropout import LockedDropout
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 class MixtureOfSoftmaxes(nn.Module):
@@ -64,11 +61,11 @@ class MixtureOfSoftmaxes(nn.Module):
     def _unpack(self, packed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         k, d = self.components, self.embed_dim
         latent = packed[..., : k * d].reshape(*packed.shape[:-1], k, d)
-        return latent, F.log_softmax(_upcast(packed[..., k * d:]), dim=-1)
+        return latent, F.log_softmax(upcast_half(packed[..., k * d:]), dim=-1)
 
     def _component_logits(self, latent: torch.Tensor, weight: torch.Tensor,
                           bias: torch.Tensor) -> torch.Tensor:
-        return _upcast(F.linear(latent, weight, bias))  # (..., K, V)
+        return upcast_half(F.linear(latent, weight, bias))  # (..., K, V)
 
     def log_prob(self, packed: torch.Tensor, weight: torch.Tensor,
                  bias: torch.Tensor) -> torch.Tensor:
