@@ -6,6 +6,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# numpy 1 by default; NUMPY_SPEC="numpy>=2" gives numpy 2 (fairseq_awd/numpy_compat.py)
+NUMPY_SPEC ?= numpy>=1.21.3,<2
 BIN := $(VENV)/bin
 # fairseq-fixed builds C++/Cython extensions from source: build them against the torch
 # already installed (no isolated build env that would fetch a second, CUDA torch), without
@@ -19,8 +21,8 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py pyproject.toml fairseq_awd/csrc/forget_mult_cpu.cpp
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" "numpy>=1.21.3,<2" cython "setuptools>=64" wheel
-	$(BUILD_ENV) $(BIN)/python -m pip install --quiet --no-build-isolation -e ".[dev]"
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" "$(NUMPY_SPEC)" cython "setuptools>=64" wheel
+	$(BUILD_ENV) $(BIN)/python -m pip install --quiet --no-build-isolation --no-cache-dir -e ".[dev]"
 	touch $@
 
 demo: install

@@ -32,15 +32,18 @@ setup(
         "torch>=2.1",
         # fairseq 0.12.2 from PyPI does not import on Python >= 3.11.
         "fairseq-fixed==0.12.3.1",
-        # fairseq 0.12 still calls np.compat (TokenBlockDataset, LanguagePairDataset),
-        # which numpy 2 removed.
-        "numpy>=1.21.3,<2",
+        # numpy 1 or 2: fairseq 0.12's two np.compat.long call sites are served by
+        # fairseq_awd/numpy_compat.py; its Cython extensions are built against the numpy
+        # installed before it (make install), which may be either.
+        "numpy>=1.21.3",
         "sacremoses>=0.0.53",
         "subword-nmt>=0.3.8",
         "sacrebleu>=2.0",
     ],
     extras_require={
-        "cuda": ["cupy-cuda12x"],
+        # The CUDA ForgetMult: the cupy built for your CUDA (torch.version.cuda).
+        "cuda12": ["cupy-cuda12x"],
+        "cuda13": ["cupy-cuda13x"],
         # scripts/plot_valid_curve.py
         "plot": ["matplotlib>=3.5"],
         "dev": ["pytest>=7", "ruff>=0.4", "matplotlib>=3.5"],

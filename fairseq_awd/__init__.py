@@ -2,8 +2,10 @@
 
 from fairseq_awd.checkpoint_compat import allow_fairseq_checkpoints
 from fairseq_awd.errors import FairseqAWDError, install_excepthook, running_a_command
+from fairseq_awd.numpy_compat import allow_numpy2_in_fairseq
 
 allow_fairseq_checkpoints()
+allow_numpy2_in_fairseq()
 if running_a_command():  # fairseq's CLIs import the plugin through --user-dir
     install_excepthook()
 

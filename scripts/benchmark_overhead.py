@@ -3,6 +3,7 @@
 Usage:
     python scripts/benchmark_overhead.py --data data-bin/ptb [--updates 60] [--warmup 10]
         [--repeats 2] [--threads N] [--model-args "--decoder-layers 2 ..."] [--out res.json]
+        [--device cuda] [--bf16]
     python scripts/benchmark_overhead.py --data data-bin/ptb --first-epoch
 
 Run A is ``fairseq-train`` with ``awd_lstm_lm`` in the paper's PTB setting (lr 30, clip 0.25,
@@ -43,13 +44,15 @@ LOG_LINE = re.compile(r"\| (\w+) \| (\{.*\})\s*$")
 PAPER_PTB = ("--task awd_language_modeling --arch {arch} --criterion awd_cross_entropy "
              "--optimizer ntasgd --lr 30 --clip-norm 0.25 --weight-decay 1.2e-6 "
              "--batch-size {batch_size} --bptt {bptt} --seed {seed} --dropouti 0.4 "
-             "--dropouth 0.25 --no-save --log-format json --cpu --no-progress-bar")
+             "--dropouth 0.25 --no-save --log-format json --no-progress-bar")
+DEVICE_FLAGS = {"cpu": ["--cpu"], "cuda": []}
 
 
 def train_options(args: argparse.Namespace) -> List[str]:
     """DATA and the paper's PTB options, shared by both runs (no stopping/logging choice)."""
     return ([str(Path(args.data).resolve()), "--user-dir", str(REPO / "fairseq_awd")]
-            + PAPER_PTB.format(**vars(args)).split() + shlex.split(args.model_args))
+            + PAPER_PTB.format(**vars(args)).split() + DEVICE_FLAGS[args.device]
+            + ["--bf16"] * args.bf16 + shlex.split(args.model_args))
 
 
 def run_child(cmd: List[str], env: Dict[str, str]) -> Tuple[List[Tuple[float, str, dict]], int]:
@@ -173,6 +176,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--seed", type=int, default=141)
     parser.add_argument("--threads", type=int, help="OMP/MKL_NUM_THREADS for both runs "
                         "(default: torch's default)")
+    parser.add_argument("--device", choices=sorted(DEVICE_FLAGS), default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="fairseq's --bf16 for run A; run "
+                        "B runs its steps under torch.autocast(bfloat16)")
     parser.add_argument("--first-epoch", action="store_true",
                         help="one epoch of the paper's command with validation instead")
     parser.add_argument("--out", help="also write the results as JSON here")

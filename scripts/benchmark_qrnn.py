@@ -4,6 +4,7 @@ Usage:
     python scripts/benchmark_qrnn.py forget-mult [--device cuda] [--peak-gbps 3350]
     python scripts/benchmark_qrnn.py layer [--device cpu] [--batches 8 32] [--seqs 32 128]
     python scripts/benchmark_qrnn.py train --data data-bin/ptb [--updates 30 --warmup 8]
+        [--precisions fp32 bf16] [--threads 2]
 
 ``forget-mult``: time of the forward and of the backward kernel for sizes from
 (T 70, B 20, H 1550) to (T 1000, B 8, H 2500), with the bytes each must move (forward reads
@@ -18,9 +19,12 @@ hidden size, for the paper's sizes (batch 8 to 256, sequence 32 to 500, hidden 3
 Medians of ``--repeats`` timed runs after one warm-up.
 
 ``train``: tokens/s of ``fairseq-train`` with ``awd_qrnn_lm`` against ``awd_lstm_lm`` at
-equal parameter count: the LSTM in the paper's PTB setting (3 x 1150, 24.2M parameters on
-PTB), the QRNN with 4 layers and the hidden size that gives the same count. Runs are
-interleaved (QRNN, LSTM, QRNN, LSTM) and timed as in ``benchmark_overhead.py``.
+equal parameter count, each in fp32 and with ``--bf16`` (``--precisions``): the LSTM in the
+paper's PTB setting (3 x 1150, 24.2M parameters on PTB), the QRNN with 4 layers and the
+hidden size that gives the same count. Runs are interleaved (each architecture and
+precision in turn, ``--repeats`` times) and timed as in ``benchmark_overhead.py``; the
+first repeat of each also validates after its ``--updates`` (PTB valid, 10 streams), which
+gives the validation perplexity of every variant after the same updates.
 """
 
 import argparse
@@ -39,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from benchmark_overhead import PAPER_PTB, fairseq_train, run_child, throughput  # noqa: E402
+from benchmark_overhead import DEVICE_FLAGS, PAPER_PTB, fairseq_train, run_child, throughput  # noqa: E402
 
 from fairseq_awd.errors import install_excepthook  # noqa: E402
 from fairseq_awd.modules import QRNNLayer  # noqa: E402
@@ -47,6 +51,9 @@ from fairseq_awd.modules.forget_mult import forget_mult  # noqa: E402
 
 PEAK_GBPS = {"H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H200": 4800, "A100-SXM4-80GB": 2039,
              "A100-SXM4-40GB": 1555, "A100-PCIE-40GB": 1555, "V100": 900}
+# fairseq's own --bf16: a bf16 model with fp32 master weights (on the CPU through the
+# plugin's tasks, see fairseq_awd/tasks/cpu_bf16.py)
+PRECISION_FLAGS = {"fp32": [], "bf16": ["--bf16"]}
 FORGET_MULT_SIZES = [(70, 20, 1550), (140, 60, 2500), (500, 8, 2500), (1000, 8, 2500)]
 
 
@@ -186,36 +193,58 @@ def bench_train(args) -> None:
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     base = [fairseq_train(), str(Path(args.data).resolve()), "--user-dir",
-            str(REPO / "fairseq_awd"), "--max-update", str(args.updates),
-            "--disable-validation", "--log-interval", "1"]
+            str(REPO / "fairseq_awd"), "--max-update", str(args.updates), "--log-interval", "1",
+            *DEVICE_FLAGS["cpu"],
+            "--valid-batch-size", "10"]
     options = vars(args) | {"batch_size": 20, "bptt": 70, "seed": 141}
-    cmds = {
-        "awd_qrnn_lm": base + PAPER_PTB.format(**options | {"arch": "awd_qrnn_lm"}).split()
+    archs = {
+        "awd_qrnn_lm": PAPER_PTB.format(**options | {"arch": "awd_qrnn_lm"}).split()
         + ["--decoder-hidden-size", str(hidden)],
-        "awd_lstm_lm": base + PAPER_PTB.format(**options | {"arch": "awd_lstm_lm"}).split(),
+        "awd_lstm_lm": PAPER_PTB.format(**options | {"arch": "awd_lstm_lm"}).split(),
     }
-    results: Dict[str, List[dict]] = {name: [] for name in cmds}
+    cmds = {(arch, precision): base + flags + PRECISION_FLAGS[precision]
+            for arch, flags in archs.items() for precision in args.precisions}
+    results: Dict[tuple, List[dict]] = {name: [] for name in cmds}
+    valid_ppl: Dict[tuple, float] = {}
     for repeat in range(args.repeats):
         for name, cmd in cmds.items():
-            records, rss_kb = run_child(cmd, env)
+            # the first repeat also validates after its updates (PTB valid, 10 streams)
+            records, rss_kb = run_child(cmd + ([] if repeat == 0 else ["--disable-validation"]),
+                                        env)
             result = dict(throughput(records, args.warmup), rss_mb=rss_kb / 1024)
+            valid = [r for _, tag, r in records if tag == "valid"]
+            if repeat == 0:
+                if not valid:
+                    sys.exit(f"{name}: no validation in the training log")
+                valid_ppl[name] = float(valid[-1]["valid_ppl"])
             print(f"repeat {repeat + 1} {name}: {result}", file=sys.stderr)
             results[name].append(result)
     params = {"awd_qrnn_lm": qrnn_params, "awd_lstm_lm": lstm_params}
     layers = {"awd_qrnn_lm": f"4 x {hidden}", "awd_lstm_lm": "3 x 1150"}
     print(f"fairseq-train, PTB setting (batch 20, BPTT 70), updates {args.warmup + 1}.."
           f"{args.updates}, {args.repeats} repeat(s), threads {args.threads or 'default'}\n")
-    print("| arch | layers | parameters | tokens/s (median) | tokens/s (each) | peak RSS MiB |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| arch | precision | layers | parameters | tokens/s (median) | tokens/s (each) "
+          f"| peak RSS MiB | valid ppl after {args.updates} updates |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     medians = {}
-    for name, runs in results.items():
-        medians[name] = statistics.median(r["tps"] for r in runs)
-        print(f"| {name} | {layers[name]} | {params[name] / 1e6:.2f}M | {medians[name]:.1f} | "
+    for (arch, precision), runs in results.items():
+        medians[arch, precision] = statistics.median(r["tps"] for r in runs)
+        print(f"| {arch} | {precision} | {layers[arch]} | {params[arch] / 1e6:.2f}M | "
+              f"{medians[arch, precision]:.1f} | "
               + ", ".join(f"{r['tps']:.1f}" for r in runs)
-              + f" | {max(r['rss_mb'] for r in runs):.0f} |")
-    print(f"\nQRNN / LSTM tokens/s: {medians['awd_qrnn_lm'] / medians['awd_lstm_lm']:.2f}x")
-    for name, cmd in cmds.items():
-        print(f"\n{name}:\n    {shlex.join(cmd)}")
+              + f" | {max(r['rss_mb'] for r in runs):.0f} | {valid_ppl[arch, precision]:.2f} |")
+    print()
+    for precision in args.precisions:
+        print(f"QRNN / LSTM tokens/s, both {precision}: "
+              f"{medians['awd_qrnn_lm', precision] / medians['awd_lstm_lm', precision]:.2f}x")
+    if "bf16" in args.precisions and "fp32" in args.precisions:
+        print(f"QRNN bf16 / LSTM fp32 tokens/s: "
+              f"{medians['awd_qrnn_lm', 'bf16'] / medians['awd_lstm_lm', 'fp32']:.2f}x")
+        for arch in archs:
+            gap = valid_ppl[arch, "bf16"] / valid_ppl[arch, "fp32"] - 1
+            print(f"{arch} valid ppl, bf16 against fp32: {100 * gap:+.1f}%")
+    for (arch, precision), cmd in cmds.items():
+        print(f"\n{arch} {precision}:\n    {shlex.join(cmd)}")
 
 
 def device_name(device: str) -> str:
@@ -241,7 +270,9 @@ def main(argv=None) -> None:
     train.add_argument("--updates", type=int, default=30)
     train.add_argument("--warmup", type=int, default=8)
     train.add_argument("--repeats", type=int, default=2)
-    train.add_argument("--threads", type=int, help="OMP/MKL_NUM_THREADS for both runs")
+    train.add_argument("--threads", type=int, help="OMP/MKL_NUM_THREADS for every run")
+    train.add_argument("--precisions", nargs="+", choices=sorted(PRECISION_FLAGS),
+                       default=["fp32", "bf16"], help="fp32 and/or bf16 (--bf16)")
     args = parser.parse_args(argv)
     if args.what == "forget-mult":
         bench_forget_mult(args)

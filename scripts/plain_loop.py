@@ -6,7 +6,9 @@ Used by ``scripts/benchmark_overhead.py`` as the baseline. The options are parse
 fairseq's own training parser, the task/model are built by fairseq's API with the same
 seeds, and the batches come from the task's iterator; but each step is what the reference
 AWD-LSTM ``main.py`` does by hand: forward, ``mean NLL + AR + TAR``, backward, gradient
-clipping, ``torch.optim.SGD`` (with weight decay) at ``lr * seq_len / bptt``. Like
+clipping, ``torch.optim.SGD`` (with weight decay) at ``lr * seq_len / bptt``. Without
+``--cpu`` it runs on the GPU; with ``--bf16`` the forward pass runs under
+``torch.autocast(bfloat16)`` (fp32 weights), as a plain PyTorch user would write it. Like
 fairseq's trainer, the torch seed is reset to ``seed + update`` before each step, so the
 dropout masks (and hence the losses) match the fairseq run. Prints one JSON line per
 update (``update``, ``ntokens``, ``loss`` in bits per token) and a final ``done`` line.
@@ -21,7 +23,7 @@ from typing import List
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fairseq import options, tasks
+from fairseq import options, tasks, utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 
@@ -30,7 +32,9 @@ def train_step(model, sample: dict, optimizer: torch.optim.Optimizer,
     """One step as in the reference main.py; returns the loss (nats/token). A function, so
     that the step's activations are freed on return, as in fairseq's trainer."""
     model.train()
-    net_output = model(**sample["net_input"])
+    device = "cpu" if cfg.common.cpu else "cuda"
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.common.bf16):
+        net_output = model(**sample["net_input"])
     output, extra = net_output
     target = sample["target"]
     if getattr(model.decoder, "adaptive_output", None) is not None:  # --adaptive-softmax-cutoff
@@ -56,6 +60,8 @@ def main(argv: List[str]) -> None:
     torch.manual_seed(seed)
     task = tasks.setup_task(cfg.task)
     model = task.build_model(cfg.model)
+    if not cfg.common.cpu:
+        model = model.cuda()
     params = [p for p in model.parameters() if p.requires_grad]
     base_lr = cfg.optimization.lr[0]
     optimizer = torch.optim.SGD(params, lr=base_lr, weight_decay=cfg.optimizer.weight_decay)
@@ -68,6 +74,8 @@ def main(argv: List[str]) -> None:
     max_update, update = cfg.optimization.max_update, 0
     while update < max_update:
         for sample in epoch_itr.next_epoch_itr(shuffle=False):
+            if not cfg.common.cpu:
+                sample = utils.move_to_cuda(sample)
             torch.manual_seed(seed + update)
             scale = 1.0 if task.cfg.fixed_bptt else sample["target"].size(1) / task.cfg.bptt
             for group in optimizer.param_groups:

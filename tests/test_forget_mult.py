@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 import torch
+from cuda_marks import needs_cuda
 
 from fairseq_awd.modules.forget_mult import (
     cpu_extension_available,
-    cuda_kernels_available,
     forget_mult,
     forget_mult_reference,
 )
@@ -122,6 +122,30 @@ def test_auto_picks_cpu_kernel_for_float_cpu_tensors(monkeypatch):
     assert used == ["cpu"]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("use_gate,reverse,use_mask", COMBOS)
+def test_half_cpu_tensors_run_the_cpu_kernel_in_fp32(dtype, use_gate, reverse, use_mask):
+    """--bf16 --cpu: the C++ loops on the inputs cast to fp32, the result (and each input's
+    gradient) cast back, exactly."""
+    if not cpu_extension_available():
+        pytest.skip("the C++ extension is not built")
+    *tensors, mask = random_inputs(dtype=torch.float32)
+    half = [t.detach().to(dtype).requires_grad_() for t in tensors]
+    full = [t.detach().float().requires_grad_() for t in half]
+    out_half = call("auto", *half[:3], half[3], mask, use_gate, reverse, use_mask)
+    out_full = call("cpu", *full[:3], full[3], mask, use_gate, reverse, use_mask)
+    assert out_half.dtype == dtype
+    assert torch.equal(out_half, out_full.to(dtype))
+    grad = torch.randn(out_full.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    out_half.backward(grad)
+    out_full.backward(grad.float())
+    for h, g in zip(half, full):
+        if g.grad is None:  # the gate when it is not used
+            assert h.grad is None
+        else:
+            assert h.grad.dtype == dtype and torch.equal(h.grad, g.grad.to(dtype))
+
+
 def test_mask_carries_state_and_blocks_gradient():
     f, x, _, h0, _ = random_inputs(dtype=torch.float32)
     mask = torch.ones(T, B, dtype=torch.bool)
@@ -196,9 +220,6 @@ def test_cuda_source_compiles_for_every_kernel_type(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "k.cubin").stat().st_size > 0
-
-
-needs_cuda = pytest.mark.skipif(not cuda_kernels_available(), reason="needs a GPU and cupy")
 
 
 @needs_cuda

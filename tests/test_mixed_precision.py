@@ -8,6 +8,7 @@ import torch
 from fairseq import options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.optim import FP16Optimizer, MemoryEfficientFP16Optimizer
+from fairseq_cli_helpers import binarize, json_logs, real_text_lines, train
 from test_task import make_task
 
 from fairseq_awd.errors import FairseqAWDError
@@ -22,17 +23,20 @@ PRECISIONS = {
     "memory-efficient-fp16": (["--fp16", "--memory-efficient-fp16"], torch.float16,
                               MemoryEfficientFP16Optimizer),
 }
+# on a GPU, --fp16 as users run it: the fp32 masters flattened into one CUDA tensor
+CUDA_PRECISIONS = {"fp16": (["--fp16"], torch.float16, FP16Optimizer),
+                   **{k: v for k, v in PRECISIONS.items() if k != "fp16"}}
 
 
-def build(precision, optimizer_args):
-    flags, dtype, wrapper = PRECISIONS[precision]
+def build(precision, optimizer_args, device="cpu"):
+    flags, dtype, wrapper = (CUDA_PRECISIONS if device == "cuda" else PRECISIONS)[precision]
     argv = ["data", "--task", "language_modeling", "--arch", "transformer_lm", "--lr", str(LR),
             "--fp16-init-scale", "1", *optimizer_args, *flags]
     cfg = convert_namespace_to_omegaconf(
         options.parse_args_and_arch(options.get_training_parser(), argv))
     torch.manual_seed(0)
     reference = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
-    model = copy.deepcopy(reference).to(dtype)
+    model = copy.deepcopy(reference).to(device, dtype)
     for depth, layer in enumerate(reversed(model)):
         for p in layer.parameters():
             set_layer_depth(p, depth)
@@ -49,19 +53,25 @@ def backward(optimizer, model, reference, step):
     loss = 0
     for p, r in zip(model.parameters(), reference.parameters()):
         grad = torch.randn(p.shape, generator=g).to(p.dtype)
-        loss = loss + (p * grad).sum()
+        loss = loss + (p * grad.to(p.device)).sum()
         r.grad = grad.float()
     optimizer.backward(loss)
 
 
 def values(module):
-    return [p.detach().float().clone() for p in module.parameters()]
+    return [p.detach().float().cpu().clone() for p in module.parameters()]
 
 
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
 def test_ntasgd_average_reaches_the_model_and_raw_iterate_comes_back(precision):
+    check_ntasgd_average(precision, "cpu")
+
+
+def check_ntasgd_average(precision, device):
+    """The model holds the fp32 average between updates and the raw iterate in them."""
     model, optimizer, reference = build(
-        precision, ["--optimizer", "ntasgd", "--average-from-start", "--weight-decay", "0"])
+        precision, ["--optimizer", "ntasgd", "--average-from-start", "--weight-decay", "0"],
+        device)
     assert isinstance(ntasgd_of(optimizer), NTASGD)
     exact = NTASGD(reference.parameters(), lr=LR, average_from_start=True)
     task, tolerance = make_task(fixed_bptt=True), 1e-2
@@ -112,3 +122,30 @@ def test_discriminative_adam_refuses_untagged_parameters():
         options.parse_args_and_arch(options.get_training_parser(), argv))
     with pytest.raises(FairseqAWDError, match="--fp16-no-flatten-grads"):
         DiscriminativeAdam(cfg.optimizer, [torch.nn.Parameter(torch.zeros(10))])
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    lines = {"train": real_text_lines("train", 300), "valid": real_text_lines("valid", 60)}
+    return binarize(tmp_path_factory.mktemp("bf16") / "bin", lines)
+
+
+@pytest.mark.parametrize("arch", ["awd_lstm_lm", "awd_qrnn_lm"])
+def test_bf16_on_cpu_trains_a_bf16_model_as_well_as_fp32(arch, small_corpus, tmp_path):
+    """fairseq's --bf16 with --cpu (which fairseq turns into --tpu): a bf16 model with fp32
+    masters whose validation perplexity after an epoch is within 2% of the fp32 run's."""
+    ppl, logs = {}, {}
+    for precision, flags in (("fp32", []), ("bf16", ["--bf16"])):
+        proc = train(small_corpus, tmp_path / precision,
+                     ["--arch", arch, "--max-epoch", "1", "--no-epoch-checkpoints", *flags])
+        logs[precision] = proc.stdout + proc.stderr
+        ppl[precision] = float(json_logs(logs[precision], "valid")[-1]["valid_ppl"])
+    assert "bf16 model with fp32 master weights on the CPU" in logs["bf16"]
+    assert "fp32 master weights" not in logs["fp32"]
+    assert abs(ppl["bf16"] / ppl["fp32"] - 1) < 0.02, ppl
+    for precision in ppl:  # fairseq saves weights in fp32; the bf16 model's are bf16 values
+        state = torch.load(tmp_path / precision / "checkpoint_last.pt", weights_only=False)
+        weights = [t for t in state["model"].values() if t.is_floating_point()]
+        in_bf16 = all(torch.equal(t.bfloat16().float(), t) for t in weights)
+        assert in_bf16 == (precision == "bf16"), precision
+    assert state["cfg"]["common"]["bf16"] and not state["cfg"]["common"]["tpu"]

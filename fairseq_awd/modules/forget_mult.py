@@ -8,7 +8,7 @@ forget gate). Three implementations share one interface and are picked by
 * ``"cuda"``: one fused kernel for forward and one for backward, compiled at run time by
   cupy (fp32/fp64, and fp16/bf16 with fp32 accumulation), on PyTorch's current stream;
 * ``"cpu"``: the same loops in C++ (``fairseq_awd/csrc/forget_mult_cpu.cpp``, built at
-  install), parallel over columns; fp32 and fp64;
+  install), parallel over columns; fp32 and fp64, and fp16/bf16 computed in fp32;
 * ``"reference"``: a plain PyTorch loop over time with autograd, used by the tests.
 """
 
@@ -19,6 +19,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 BACKENDS = ("auto", "cuda", "cpu", "reference")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def forget_mult(
@@ -60,6 +61,13 @@ def forget_mult(
         keep = mask.unsqueeze(-1).to(f.dtype)
         f = f * keep  # f = 0 (and g = 0) carries the state through unchanged
         input_gate = None if input_gate is None else input_gate * keep
+    if backend == "cpu" and x.dtype in HALF_DTYPES:
+        # fp16/bf16 (--bf16 --cpu): the C++ loops in fp32, as the CUDA kernel accumulates
+        dtype = x.dtype
+        h = _ForgetMultFunction.apply(
+            f.float(), x.float(), None if input_gate is None else input_gate.float(),
+            h0.float(), reverse, _kernels(backend, x.float()))
+        return h.to(dtype)
     return _ForgetMultFunction.apply(f, x, input_gate, h0, reverse, _kernels(backend, x))
 
 
@@ -171,9 +179,10 @@ def _auto_backend(x: torch.Tensor) -> str:
         if cuda_kernels_available():
             return "cuda"
         _warn_once("cupy is not installed: ForgetMult runs a slow Python loop on the GPU; "
-                   "install the fused kernel with pip install 'fairseq_awd[cuda]'")
+                   "install the fused kernel with pip install 'fairseq_awd[cuda13]' "
+                   "(or [cuda12]: the cupy for torch.version.cuda)")
         return "reference"
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, *HALF_DTYPES):
         if cpu_extension_available():
             return "cpu"
         _warn_once("the C++ ForgetMult extension is not built: running a Python loop; "

@@ -37,6 +37,7 @@ from fairseq_awd.data import BPTTStreams, bptt_windows, data_parallel_position
 from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.optim.ntasgd import NTASGD, ntasgd_of, show_average_weights, show_raw_weights
 from fairseq_awd.optim.step_lr_scale import scaled_learning_rates
+from fairseq_awd.tasks.cpu_bf16 import allow_bf16_on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class AWDLanguageModelingTask(FairseqTask):
         ):
             if not valid:
                 raise FairseqAWDError(f"{option} must be {rule}, got {value}")
+        allow_bf16_on_cpu(cfg)
         dictionary = Dictionary.load(dict_path)
         logger.info("dictionary: %d types", len(dictionary))
         return cls(cfg, dictionary)

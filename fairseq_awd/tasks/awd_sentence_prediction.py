@@ -17,6 +17,7 @@ from fairseq.tasks.sentence_prediction import SentencePredictionConfig, Sentence
 from omegaconf import OmegaConf, open_dict
 
 from fairseq_awd.errors import FairseqAWDError
+from fairseq_awd.tasks.cpu_bf16 import allow_bf16_on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ class AWDSentencePredictionTask(SentencePredictionTask):
     parameters without a gradient, so frozen groups just stay as they are. c10d DDP
     refuses parameters that get no gradient: unfreeze with ``--ddp-backend legacy_ddp``.
     """
+
+    @classmethod
+    def setup_task(cls, cfg, **kwargs):
+        allow_bf16_on_cpu(cfg)
+        return super().setup_task(cfg, **kwargs)
 
     def build_model(self, cfg, from_checkpoint=False):
         name = getattr(cfg, "_name", None) or getattr(cfg, "arch", None)
