@@ -32,9 +32,9 @@ setup(
         "torch>=2.1",
         # fairseq 0.12.2 from PyPI does not import on Python >= 3.11.
         "fairseq-fixed==0.12.3.1",
-        # numpy 1 or 2: fairseq 0.12's two np.compat.long call sites are served by
-        # fairseq_awd/numpy_compat.py; its Cython extensions are built against the numpy
-        # installed before it (make install), which may be either.
+        # numpy 1 or 2: the numpy-1 names fairseq 0.12 still uses (np.compat.long,
+        # np.percentile(interpolation=)) are served by fairseq_awd/numpy_compat.py; its
+        # Cython extensions are built against the numpy installed before it (make install).
         "numpy>=1.21.3",
         "sacremoses>=0.0.53",
         "subword-nmt>=0.3.8",

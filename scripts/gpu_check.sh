@@ -61,8 +61,9 @@ if [ $DRY = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_ava
 fi
 
 step "install"
-"$PY" -m pip freeze 2>/dev/null | grep -iE '^(torch|numpy|cupy-cuda[0-9]+x)==' \
-    > "$OUT/constraints.txt" || true
+# the torch, numpy and cupy installed, as pip constraints
+pinned() { "$PY" -m pip freeze 2>/dev/null | grep -iE '^(torch|numpy|cupy-cuda[0-9]+x)==' || true; }
+pinned > "$OUT/constraints.txt"
 PIP=("$PY" -m pip install --no-build-isolation --no-cache-dir -c "$OUT/constraints.txt")
 [ -n "$WHEELS" ] && PIP+=(--no-index --find-links "$WHEELS")
 if [ $DRY = 1 ]; then
@@ -77,8 +78,7 @@ else
     (cd "$REPO" && CFLAGS=-g0 "${PIP[@]}" -e . ) > "$OUT/install.log" 2>&1
     note "installed in $((SECONDS - start)) s; $(tail -1 "$OUT/install.log")"
 fi
-"$PY" -m pip freeze 2>/dev/null | grep -iE '^(torch|numpy|cupy-cuda[0-9]+x)==' \
-    | diff "$OUT/constraints.txt" - > /dev/null \
+pinned | diff "$OUT/constraints.txt" - > /dev/null \
     || { echo "gpu_check.sh: torch, numpy or cupy changed in the install" >&2; exit 1; }
 
 step "CUDA tests (pytest -m cuda)"

@@ -61,14 +61,13 @@ def forget_mult(
         keep = mask.unsqueeze(-1).to(f.dtype)
         f = f * keep  # f = 0 (and g = 0) carries the state through unchanged
         input_gate = None if input_gate is None else input_gate * keep
+    out_dtype = x.dtype
     if backend == "cpu" and x.dtype in HALF_DTYPES:
         # fp16/bf16 (--bf16 --cpu): the C++ loops in fp32, as the CUDA kernel accumulates
-        dtype = x.dtype
-        h = _ForgetMultFunction.apply(
-            f.float(), x.float(), None if input_gate is None else input_gate.float(),
-            h0.float(), reverse, _kernels(backend, x.float()))
-        return h.to(dtype)
-    return _ForgetMultFunction.apply(f, x, input_gate, h0, reverse, _kernels(backend, x))
+        f, x, h0 = f.float(), x.float(), h0.float()
+        input_gate = None if input_gate is None else input_gate.float()
+    h = _ForgetMultFunction.apply(f, x, input_gate, h0, reverse, _kernels(backend, x))
+    return h.to(out_dtype)
 
 
 def forget_mult_reference(
