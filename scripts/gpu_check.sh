@@ -44,8 +44,14 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 SUMMARY=$OUT/summary.md
 : > "$SUMMARY"
-step() { echo "## $1" | tee -a "$SUMMARY"; }
+step() { STEP=$1; echo "## $1" | tee -a "$SUMMARY"; }
 note() { echo "$1" | tee -a "$SUMMARY"; }
+# `cmd > LOG 2>&1 || failed LOG`: name the step and show the end of its log, then stop
+failed() {
+    echo "gpu_check.sh: step '$STEP' failed; the end of $1:" >&2
+    tail -n 40 "$1" >&2
+    exit 1
+}
 
 step "environment"
 "$PY" - <<'EOF' | tee "$OUT/env.txt" | tee -a "$SUMMARY"
@@ -67,7 +73,8 @@ pinned > "$OUT/constraints.txt"
 PIP=("$PY" -m pip install --no-build-isolation --no-cache-dir -c "$OUT/constraints.txt")
 [ -n "$WHEELS" ] && PIP+=(--no-index --find-links "$WHEELS")
 if [ $DRY = 1 ]; then
-    (cd "$REPO" && "${PIP[@]}" --dry-run -e . ) > "$OUT/install.log" 2>&1
+    (cd "$REPO" && "${PIP[@]}" --dry-run -e . ) > "$OUT/install.log" 2>&1 \
+        || failed "$OUT/install.log"
     if grep -iE '^Would install.* (torch|numpy|cupy[a-z0-9-]*)-[0-9]' "$OUT/install.log"; then
         echo "gpu_check.sh: the install would replace torch, numpy or cupy" >&2
         exit 1
@@ -75,21 +82,27 @@ if [ $DRY = 1 ]; then
     note "pip --dry-run: $(grep -i '^Would install' "$OUT/install.log" || echo 'nothing to install')"
 else
     start=$SECONDS
-    (cd "$REPO" && CFLAGS=-g0 "${PIP[@]}" -e . ) > "$OUT/install.log" 2>&1
+    (cd "$REPO" && CFLAGS=-g0 "${PIP[@]}" -e . ) > "$OUT/install.log" 2>&1 \
+        || failed "$OUT/install.log"
     note "installed in $((SECONDS - start)) s; $(tail -1 "$OUT/install.log")"
 fi
 pinned | diff "$OUT/constraints.txt" - > /dev/null \
     || { echo "gpu_check.sh: torch, numpy or cupy changed in the install" >&2; exit 1; }
 
 step "CUDA tests (pytest -m cuda)"
-(cd "$REPO" && "$PY" -m pytest -q -m cuda -rs -p no:cacheprovider tests) > "$OUT/tests.log" 2>&1
+# a failing test is reported and the run goes on (the benchmarks are still worth having);
+# the script's exit status is then 1
+STATUS=0
+(cd "$REPO" && "$PY" -m pytest -q -m cuda -rs -p no:cacheprovider tests) > "$OUT/tests.log" 2>&1 \
+    || { STATUS=1; note "CUDA tests FAILED: see $OUT/tests.log"; }
 note "$(tail -1 "$OUT/tests.log")"
 
 step "benchmark_qrnn.py forget-mult"
 if [ $DRY = 1 ]; then
     note "skipped (CUDA)"
 else
-    "$PY" "$REPO/scripts/benchmark_qrnn.py" forget-mult --device cuda > "$OUT/forget_mult.md"
+    "$PY" "$REPO/scripts/benchmark_qrnn.py" forget-mult --device cuda > "$OUT/forget_mult.md" \
+        2> "$OUT/forget_mult.log" || failed "$OUT/forget_mult.log"
     cat "$OUT/forget_mult.md" >> "$SUMMARY"
 fi
 
@@ -99,7 +112,8 @@ if [ $DRY = 1 ]; then
 else
     LAYER=(--device cuda)
 fi
-"$PY" "$REPO/scripts/benchmark_qrnn.py" layer "${LAYER[@]}" > "$OUT/layer.md"
+"$PY" "$REPO/scripts/benchmark_qrnn.py" layer "${LAYER[@]}" > "$OUT/layer.md" 2> "$OUT/layer.log" \
+    || failed "$OUT/layer.log"
 cat "$OUT/layer.md" >> "$SUMMARY"
 
 step "PTB training: fairseq-train against the plain loop, fp32 and bf16"
@@ -112,7 +126,8 @@ for split, n in (('train', 300), ('valid', 20)):
     with open('$OUT/' + split + '.txt', 'w') as f:
         f.writelines(' '.join(random.choices(words, k=12)) + '\n' for _ in range(n))"
         "$(dirname "$PY")/fairseq-preprocess" --only-source --trainpref "$OUT/train.txt" \
-            --validpref "$OUT/valid.txt" --destdir "$DATA" > "$OUT/preprocess.log" 2>&1
+            --validpref "$OUT/valid.txt" --destdir "$DATA" > "$OUT/preprocess.log" 2>&1 \
+            || failed "$OUT/preprocess.log"
     fi
     TRAIN=(--device cpu --updates 4 --warmup 1 --repeats 1 --batch-size 4 --bptt 8
            --model-args "--decoder-embed-dim 16 --decoder-hidden-size 16 --decoder-layers 2")
@@ -125,9 +140,11 @@ else
     for precision in fp32 bf16; do
         flag=(); [ $precision = bf16 ] && flag=(--bf16)
         "$PY" "$REPO/scripts/benchmark_overhead.py" --data "$DATA" "${TRAIN[@]}" "${flag[@]}" \
-            --out "$OUT/train_$precision.json" > "$OUT/train_$precision.md" 2> "$OUT/train_$precision.log"
+            --out "$OUT/train_$precision.json" > "$OUT/train_$precision.md" \
+            2> "$OUT/train_$precision.log" || failed "$OUT/train_$precision.log"
         note "### $precision"
         sed -n '/^Updates/,/^Overhead/p' "$OUT/train_$precision.md" >> "$SUMMARY"
     done
 fi
 note "gpu_check.sh: done; tables in $OUT"
+exit $STATUS
