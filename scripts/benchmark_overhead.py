@@ -35,6 +35,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -55,12 +56,11 @@ def train_options(args: argparse.Namespace) -> List[str]:
             + ["--bf16"] * args.bf16 + shlex.split(args.model_args))
 
 
-def run_child(cmd: List[str], env: Dict[str, str]) -> Tuple[List[Tuple[float, str, dict]], int]:
-    """Run ``cmd``; return its JSON log records as ``(arrival time, tag, record)`` and its
-    peak RSS in KiB (``ru_maxrss`` of ``os.wait4``)."""
-    records, tail = [], []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, cwd=REPO)
+def read_child(proc: subprocess.Popen) -> Tuple[List[Tuple[float, str, dict]], List[str]]:
+    """The child's JSON log records as ``(arrival time, tag, record)`` and its last 40 lines,
+    read until it closes its output."""
+    records: List[Tuple[float, str, dict]] = []
+    tail: List[str] = []
     for line in iter(proc.stdout.readline, ""):
         now = time.perf_counter()
         tail = (tail + [line])[-40:]
@@ -72,6 +72,18 @@ def run_child(cmd: List[str], env: Dict[str, str]) -> Tuple[List[Tuple[float, st
         for event in ("begin training epoch", "begin validation"):
             if event in line:
                 records.append((now, event, {}))
+    return records, tail
+
+
+def run_child(cmd: List[str], env: Dict[str, str]) -> Tuple[List[Tuple[float, str, dict]], int]:
+    """Run ``cmd``; return its JSON log records as ``(arrival time, tag, record)`` and its
+    peak RSS in KiB (``ru_maxrss`` of ``os.wait4``)."""
+    # in a scratch folder: fairseq-train makes its --save-dir (./checkpoints) even with
+    # --no-save, and the working folder may not be writable (a read-only checkout)
+    with tempfile.TemporaryDirectory(prefix="benchmark_overhead.") as scratch:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, cwd=scratch)
+        records, tail = read_child(proc)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     proc.stdout.close()
@@ -196,7 +208,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     else:
         res = benchmark(args, env)
         table = report_benchmark(res, args)
-    print(table + "\n\nCommands (run from " + str(REPO) + "):")
+    print(table + "\n\nCommands (each run in an empty scratch folder):")
     for name, cmd in res["commands"].items():
         print(f"\n{name}:\n    {prefix}{shlex.join(cmd)}")
     if args.out:

@@ -1,4 +1,4 @@
-"""What the end-to-end recipes (multi30k_rescoring.py, trec_transfer.py) share: running
+"""What the end-to-end recipes (multi30k_rescoring.py, ulmfit.py) share: running
 fairseq's command-line tools with a thread budget and writing files atomically."""
 
 import json
@@ -8,12 +8,14 @@ import shutil
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 
 from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.rescoring.cli import write_atomic
 
+T = TypeVar("T")
 USER_DIR = str(Path(__file__).resolve().parents[1] / "fairseq_awd")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -23,19 +25,23 @@ def write_lines(path: Path, lines: Sequence[str]) -> None:
     write_atomic(str(path), list(lines))
 
 
-def run_fairseq(tool: str, args: List[str], threads: int, log: Path) -> str:
-    """Run ``python -m fairseq_cli.<tool> args`` on ``threads`` threads; save its stdout
-    (fairseq's log and results) to ``log`` and return it. Exits with its stderr on failure."""
+def run_fairseq(tool: str, args: List[str], threads: int, log: Path,
+                resumed: bool = False) -> str:
+    """Run ``python -m fairseq_cli.<tool> args`` on ``threads`` threads; its stdout (fairseq's
+    log and results) goes to ``log`` as it comes, through ``log.tmp``, renamed at the end.
+    With ``resumed`` (a training that resumes from its last checkpoint) ``log.tmp`` is
+    appended to, so the log of an interrupted training keeps both parts. Returns the log's
+    text; exits with the tool's stderr on failure."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     print(f"+ fairseq-{tool} {' '.join(args)}", flush=True)
-    proc = subprocess.run([sys.executable, "-m", f"fairseq_cli.{tool}", *args],
-                          capture_output=True, text=True, env=env)
+    tmp = log.with_suffix(log.suffix + ".tmp")
+    with open(tmp, "a" if resumed else "w", encoding="utf-8") as out:
+        proc = subprocess.run([sys.executable, "-m", f"fairseq_cli.{tool}", *args],
+                              stdout=out, stderr=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"fairseq-{tool} failed:\n{proc.stderr[-3000:]}")
-    tmp = log.with_suffix(log.suffix + ".tmp")
-    tmp.write_text(proc.stdout, encoding="utf-8")
     tmp.replace(log)
-    return proc.stdout
+    return log.read_text(encoding="utf-8")
 
 
 def preprocess_once(dest: Path, options: List[str], threads: int) -> Path:
@@ -83,8 +89,23 @@ def train_once(data: Path, save_dir: Path, options: List[str], threads: int) -> 
         write_lines(recorded, [json.dumps(options)])
         run_fairseq("train", [str(data), "--user-dir", USER_DIR, "--save-dir", str(save_dir),
                               "--cpu", "--no-progress-bar", "--log-interval", "50", *options],
-                    threads, log)
+                    threads, log, resumed=True)
     return save_dir / "checkpoint_best.pt"
+
+
+def run_parallel(jobs: Sequence[Callable[[int], T]], threads: int) -> List[T]:
+    """Run ``jobs`` side by side, as many at once as there are ``threads`` (at most one per
+    job), each called with its share of the threads; return their results in order. The
+    first job that raises stops the rest from starting and re-raises here."""
+    slots = max(1, min(len(jobs), threads))
+    with ThreadPoolExecutor(max_workers=slots) as pool:
+        futures = [pool.submit(job, max(1, threads // slots)) for job in jobs]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def logged_metric(log: str, name: str) -> float:

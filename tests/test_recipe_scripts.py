@@ -11,7 +11,7 @@ import pytest
 from fairseq_cli_helpers import REPO, SHARED_DATA, assert_one_line_error, one_thread_env
 from mt_fixtures import HAS_MULTI30K, MULTI30K, SKIP_REASON
 
-HAS_TREC = (SHARED_DATA / "trec" / "train_5500.label").exists() and (
+HAS_ULMFIT_DATA = (SHARED_DATA / "rt-polarity" / "rt-polarity.pos").exists() and (
     SHARED_DATA / "wikitext-2" / "train.txt").exists()
 
 
@@ -87,34 +87,58 @@ def test_multi30k_recipe_names_a_missing_data_folder(tmp_path):
     assert not (tmp_path / "work" / "text").exists()
 
 
-@pytest.mark.skipif(not HAS_TREC, reason="needs ../shared/data/trec and wikitext-2")
-def test_trec_recipe_prints_the_three_error_rates(tmp_path):
+def polarity_tsv(folder, n_train: int, n_test: int):
+    """``label<TAB>text`` train and test files from the first rt-polarity snippets."""
+    snippets = {label: (SHARED_DATA / "rt-polarity" / f"rt-polarity.{label}").read_text(
+        encoding="utf-8").splitlines() for label in ("pos", "neg")}
+    rows = [f"{label}\t{snippets[label][i].strip()}" for i in range(n_train + n_test)
+            for label in ("pos", "neg")]
+    folder.mkdir()
+    (folder / "train.tsv").write_text("\n".join(rows[:2 * n_train]) + "\n", encoding="utf-8")
+    (folder / "test.tsv").write_text("\n".join(rows[2 * n_train:]) + "\n", encoding="utf-8")
+    return folder / "train.tsv", folder / "test.tsv"
+
+
+@pytest.mark.skipif(not HAS_ULMFIT_DATA, reason="needs ../shared/data/rt-polarity and wikitext-2")
+def test_ulmfit_recipe_on_tsv_files_prints_every_variant(tmp_path):
+    train, test = polarity_tsv(tmp_path / "polarity", 120, 30)
     work = tmp_path / "work"
-    proc = recipe("trec_transfer.py", "--workdir", str(work), "--limit", "400",
-                  "--seeds", "1", "--pretrain-epochs", "1", "--finetune-updates", "4",
-                  "--classifier-epochs", "2", "--threads", "1")
+    args = ["--train", str(train), "--test", str(test), "--pretrain-text",
+            str(SHARED_DATA / "wikitext-2"), "--workdir", str(work), "--limit", "300",
+            "--seeds", "1", "--embed-dim", "24", "--hidden-size", "40", "--layers", "2",
+            "--pretrain-epochs", "1", "--finetune-epochs", "1", "--classifier-epochs", "5",
+            "--patience", "1", "--threads", "2"]
+    proc = recipe("ulmfit.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = table_rows(proc.stdout)
-    variants = ("scratch", "pretrained", "ulmfit", "ulmfit_all_layers")
+    variants = ("scratch", "pretrained", "forward", "backward", "ensemble")
     assert set(rows) == {"classifier", *variants}, proc.stdout
     results = json.loads((work / "results.json").read_text())
     for variant in variants:
-        error = results[variant]["1"]
+        error = results["test_error"][variant]["1"]
         assert 0.0 <= error <= 100.0 and rows[variant][0] == f"{error:.1f}"
-    # the held-out validation questions come from train_5500, never from the test file
-    source = (SHARED_DATA / "trec" / "train_5500.label").read_text().splitlines()[:400]
-    valid = (work / "data" / "text" / "valid.question").read_text().splitlines()
-    assert len(valid) == 80 and set(valid) <= {line.split(" ", 1)[1] for line in source}
-    # the classifiers trained from an LM logged the LM's encoder; unfreezing ran
-    log = (work / "seed1" / "ulmfit.log").read_text()
+    assert len(results["pretrain_valid_ppl"]["backward"]) == 1
+    assert set(results["seconds"]) == {"prepare", "pretrain", "finetune", "classifiers",
+                                       "scoring"}
+    # the held-out examples are a draw from the training file, never from the test file
+    valid = (work / "data" / "text" / "valid.input").read_text().splitlines()
+    assert len(valid) == 48 and set(valid) <= {
+        line.split("\t")[1] for line in train.read_text().splitlines()}
+    # the backward LM read reversed streams; its classifier reads reversed sentences
+    assert "--reverse-tokens" in (work / "pretrain-backward.options.json").read_text()
+    log = (work / "seed1" / "backward.log").read_text()
     assert "encoder from --pretrained-lm" in log and "gradual unfreezing: epoch 2" in log
+    # a second run finds every step done and prints the same table
+    again = recipe("ulmfit.py", *args)
+    assert again.returncode == 0 and "fairseq-train" not in again.stdout
+    assert table_rows(again.stdout) == rows
 
 
-def test_trec_recipe_names_a_malformed_label_file(tmp_path):
-    trec = tmp_path / "trec"
-    trec.mkdir()
-    (trec / "train_5500.label").write_text("DESC:manner How did it go ?\nno label here\n")
-    (trec / "TREC_10.label").write_text("NUM:dist How far ?\n")
-    proc = recipe("trec_transfer.py", "--trec", str(trec), "--workdir", str(tmp_path / "w"))
-    assert_one_line_error(proc, "train_5500.label:2", "COARSE:fine")
-    assert not (tmp_path / "w" / "data").exists()
+def test_ulmfit_recipe_names_a_malformed_line(tmp_path):
+    (tmp_path / "train.tsv").write_text("pos\tgood\nneg bad, no tab\n")
+    (tmp_path / "test.tsv").write_text("pos\tfine\n")
+    proc = recipe("ulmfit.py", "--train", str(tmp_path / "train.tsv"), "--test",
+                  str(tmp_path / "test.tsv"), "--pretrain-text", str(tmp_path),
+                  "--workdir", str(tmp_path / "w"))
+    assert_one_line_error(proc, "train.tsv:2: no tab", "label<TAB>text")
+    assert not (tmp_path / "w").exists()

@@ -32,7 +32,7 @@ from fairseq_awd.models.awd_rnn import (
     encoder_arguments,
     tag_layer_depths,
 )
-from fairseq_awd.modules import AWDEncoder, PoolingClassifierHead, concat_pool
+from fairseq_awd.modules import AWDEncoder, PoolingClassifierHead, concat_pool, reverse_padded
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,13 @@ class ClassifierConfig(FairseqDataclass):
                   "--task awd_sentence_prediction the classifier's checkpoints reload without "
                   "this file; with fairseq's sentence_prediction it is read again on reload"},
     )
+    reverse_tokens: bool = field(
+        default=False,
+        metadata={"help": "read each sentence right to left (its tokens reversed, the padding "
+                  "left after them): the classifier of a backward LM, i.e. --pretrained-lm "
+                  "trained with awd_language_modeling --reverse-tokens (the directions must "
+                  "match)"},
+    )
     classifier_hidden_dim: int = field(
         default=50, metadata={"help": "hidden size of the classifier head (ULMFiT: 50)"}
     )
@@ -70,9 +77,11 @@ class ClassifierConfig(FairseqDataclass):
     max_positions: Optional[int] = II("task.max_positions")
 
 
-def load_lm_checkpoint(path: str, expected_model: str) -> Tuple[Dict[str, torch.Tensor], Any]:
-    """``(model state dict, model config)`` of an ``expected_model`` checkpoint at ``path``;
-    FairseqAWDError if the file is missing or holds another kind of model."""
+def load_lm_checkpoint(path: str, expected_model: str
+                       ) -> Tuple[Dict[str, torch.Tensor], Any, bool]:
+    """``(model state dict, model config, reversed)`` of an ``expected_model`` checkpoint at
+    ``path``, ``reversed`` True for a backward LM (``--reverse-tokens``); FairseqAWDError if
+    the file is missing or holds another kind of model."""
     fix = f"give a checkpoint written by fairseq-train --task awd_language_modeling " \
           f"--arch {expected_model}"
     if not os.path.isfile(path):
@@ -90,7 +99,8 @@ def load_lm_checkpoint(path: str, expected_model: str) -> Tuple[Dict[str, torch.
             fix += f", or use --arch {found[:-len('lm')]}classifier"
         raise FairseqAWDError(f"--pretrained-lm {path} holds model {found}, but this "
                               f"classifier's encoder needs {expected_model}; {fix}")
-    return state["model"], model_cfg
+    task_cfg = state["cfg"]["task"] if state.get("cfg") is not None else state.get("args")
+    return state["model"], model_cfg, bool(getattr(task_cfg, "reverse_tokens", False))
 
 
 class AWDRNNClassifier(BaseFairseqModel):
@@ -99,8 +109,9 @@ class AWDRNNClassifier(BaseFairseqModel):
 
     Batches must be right-padded (fairseq's ``RightPadDataset``): the recurrent layers run
     left to right, so the outputs at real tokens never see the padding, and the pooling
-    ignores padded positions. Every parameter carries a layer depth (see
-    ``layer_groups``) for discriminative learning rates.
+    ignores padded positions. With ``--reverse-tokens`` each row's tokens are reversed
+    before the encoder (the padding stays on the right). Every parameter carries a layer
+    depth (see ``layer_groups``) for discriminative learning rates.
     """
 
     # The LM decoder whose build_layer makes the encoder's layers, and its model's name.
@@ -127,7 +138,16 @@ class AWDRNNClassifier(BaseFairseqModel):
         dictionary = task.source_dictionary
         lm_state = None
         if cfg.pretrained_lm:
-            lm_state, lm_cfg = load_lm_checkpoint(cfg.pretrained_lm, cls.lm_model_name)
+            lm_state, lm_cfg, lm_reversed = load_lm_checkpoint(cfg.pretrained_lm,
+                                                               cls.lm_model_name)
+            if lm_reversed != bool(getattr(cfg, "reverse_tokens", False)):
+                direction = "a backward" if lm_reversed else "a forward"
+                fix = "add" if lm_reversed else "drop"
+                raise FairseqAWDError(
+                    f"--pretrained-lm {cfg.pretrained_lm} is {direction} LM (trained with"
+                    f"{'' if lm_reversed else 'out'} --reverse-tokens), but this classifier "
+                    f"reads sentences {'left to right' if lm_reversed else 'right to left'}: "
+                    f"{fix} --reverse-tokens")
             lm_size = lm_state["decoder.embed_tokens.weight"].size(0)
             check_dictionary(  # the classifier's: the LM's followed by at most <mask>
                 dictionary, lm_size, int(lm_state["decoder.dictionary_fingerprint"]),
@@ -206,6 +226,8 @@ class AWDRNNClassifier(BaseFairseqModel):
         if bool((padding_mask[:, :-1] & ~padding_mask[:, 1:]).any()):
             raise FairseqAWDError("the AWD classifiers need right-padded batches (pad only "
                                   "after the tokens); use fairseq's RightPadDataset")
+        if getattr(self.cfg, "reverse_tokens", False):  # absent from older checkpoints
+            src_tokens = reverse_padded(src_tokens, padding_mask)
         features, _, _ = self.encoder(src_tokens)
         x = concat_pool(features, padding_mask)
         if classification_head_name is not None:

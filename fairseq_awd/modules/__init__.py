@@ -10,6 +10,7 @@ from .locked_dropout import LockedDropout
 from .mixture_of_softmaxes import MixtureOfSoftmaxes
 from .qrnn import QRNN, QRNNLayer, QRNNLayerState, QRNNState
 from .regularization import activation_regularization, temporal_activation_regularization
+from .reverse_padded import reverse_padded
 from .weight_drop import WeightDropLSTM
 
 __all__ = [
@@ -32,5 +33,6 @@ __all__ = [
     "forget_mult",
     "forget_mult_reference",
     "mix_with_cache",
+    "reverse_padded",
     "temporal_activation_regularization",
 ]

@@ -42,6 +42,10 @@ def load_lm(checkpoint: str, data: str, cpu: bool = False) -> GeneratorHubInterf
                               "directory the LM was trained on")
     hub = from_pretrained(os.path.dirname(os.path.abspath(checkpoint)), data,
                           checkpoint_file=os.path.basename(checkpoint))
+    if getattr(hub.task.cfg, "reverse_tokens", False):
+        raise FairseqAWDError(f"--lm {checkpoint} is a backward LM (trained with "
+                              "--reverse-tokens); scoring sentences left to right needs a "
+                              "forward LM")
     hub.eval()
     if not cpu and torch.cuda.is_available():
         hub.cuda()

@@ -61,6 +61,12 @@ class AWDLanguageModelingConfig(FairseqDataclass):
         default=5.0, metadata={"help": "standard deviation of the training window length"}
     )
     bptt_min: int = field(default=5, metadata={"help": "shortest training window"})
+    reverse_tokens: bool = field(
+        default=False,
+        metadata={"help": "read every split's token stream right to left (the same dictionary "
+                  "and binarized data): the backward LM of ULMFiT's bidirectional ensemble. "
+                  "Saved with the checkpoint, so evaluation reads the same direction"},
+    )
     valid_batch_size: int = field(
         default=10,
         metadata={"help": "number of streams for validation and for every split but train "
@@ -167,6 +173,8 @@ class AWDLanguageModelingTask(FairseqTask):
                 f"--only-source --srcdict DATA/dict.txt --{split}pref TEXT --destdir DATA"
             )
         tokens = _concatenate(data)
+        if getattr(self.cfg, "reverse_tokens", False):  # absent from older checkpoints
+            tokens = tokens.flip(0)
         shard_id, num_shards = data_parallel_position()
         streams = BPTTStreams(
             split, tokens, num_streams, min_length=self.cfg.bptt + 1,
