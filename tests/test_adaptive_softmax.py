@@ -377,3 +377,31 @@ def test_bad_cutoff_on_the_command_line(trained, tmp_path):
     proc = train(data, tmp_path / "ckpt", ["--arch", "awd_lstm_lm_wt103"], check=False)
     assert_one_line_error(proc, "--adaptive-softmax-cutoff: cutoffs 2800,20000,76000 are not "
                           f"below the vocabulary size {vocab}")
+
+
+def test_bf16_tail_rows_come_in_buckets_and_give_the_same_loss(monkeypatch):
+    """On the CPU a half-precision tail cluster runs on a bucketed row count (oneDNN keeps
+    kernels per shape: varying counts grew memory without end); the loss is unchanged."""
+    torch.manual_seed(0)
+    module = TiedAdaptiveSoftmax(V, E, [8, 15, 22]).bfloat16()
+    weight, bias = torch.randn(V, E).bfloat16(), torch.randn(V).bfloat16()
+    h = torch.randn(2, 5, E).bfloat16()
+    target = torch.tensor([[1, 16, 5, 21, 2], [17, 7, 7, 15, 3]])
+    calls = []
+    linear = F.linear
+
+    def recording_linear(x, w, b=None):
+        calls.append((x.size(0), w.size(0)))
+        return linear(x, w, b)
+
+    monkeypatch.setattr(adaptive_softmax_module.F, "linear", recording_linear)
+    nll = module(h, target, weight, bias)
+    monkeypatch.undo()
+    assert calls == [(10, 8 + 3), (adaptive_softmax_module.ROW_BUCKET, 7)]
+    rows = torch.tensor([1, 3, 5, 8])  # the positions whose targets are in [15, 22)
+    head = F.cross_entropy(linear(h.view(10, E), torch.cat([weight[:8], module.cluster_weight]),
+                                  torch.cat([bias[:8], module.cluster_bias])).float(),
+                           torch.tensor([1, 9, 5, 9, 2, 9, 7, 7, 9, 3]), reduction="none")
+    tail = F.cross_entropy(linear(h.view(10, E)[rows], weight[15:22], bias[15:22]).float(),
+                           target.view(-1)[rows] - 15, reduction="none")
+    assert torch.equal(nll.view(-1), head.index_add(0, rows, tail))

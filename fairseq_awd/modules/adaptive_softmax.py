@@ -56,6 +56,23 @@ def upcast_half(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+ROW_BUCKET = 128
+
+
+def bucketed(rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``rows`` padded (with its last index) to a multiple of ``ROW_BUCKET`` entries when
+    ``h`` is a half-precision CPU tensor; ``rows`` itself otherwise.
+
+    A tail cluster's positions differ in number every step. oneDNN, which runs the CPU's
+    bf16/fp16 products, builds and caches kernels for every new matrix shape, so that
+    unbounded number of shapes made a bf16 training's memory grow by GBs per epoch;
+    bucketed row counts bound the shapes. The padded rows' outputs are dropped."""
+    extra = -rows.numel() % ROW_BUCKET
+    if not extra or h.device.type != "cpu" or h.dtype not in (torch.float16, torch.bfloat16):
+        return rows
+    return torch.cat([rows, rows[-1:].expand(extra)])
+
+
 class TiedAdaptiveSoftmax(nn.Module):
     """Exact adaptive softmax over word vectors supplied by the caller.
 
@@ -152,7 +169,8 @@ class TiedAdaptiveSoftmax(nn.Module):
             rows = (cluster.eq(k) & keep).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
-            logits = upcast_half(F.linear(tail_h.index_select(0, rows), weights[k], biases[k]))
+            logits = upcast_half(F.linear(tail_h.index_select(0, bucketed(rows, h)), weights[k],
+                                          biases[k]))[:rows.numel()]
             word = target.index_select(0, rows) - self.bounds[k - 1]
             nll = nll.index_add(0, rows, F.cross_entropy(logits, word, reduction="none"))
         return nll.view(shape)
