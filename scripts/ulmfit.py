@@ -57,7 +57,11 @@ from recipe_utils import (  # noqa: E402,I001
 
 from fairseq_awd.data.labelled_text import FORMATS, check_labels_seen, read_labelled  # noqa: E402
 from fairseq_awd.errors import FairseqAWDError, install_excepthook  # noqa: E402
-from fairseq_awd.evaluation.classifier_ensemble import score_ensemble  # noqa: E402
+from fairseq_awd.evaluation.classifier_ensemble import (  # noqa: E402
+    accuracy,
+    average_probabilities,
+    split_logits,
+)
 
 VALID_SIZE = 500
 DIRECTIONS = {"forward": [], "backward": ["--reverse-tokens"]}
@@ -221,10 +225,9 @@ class Recipe:
     def classify(self, variant: str, seed: int, lm: Optional[Path], threads: int) -> Path:
         """Train one classifier on ``data/cls-bin``; return its best checkpoint."""
         args = self.args
-        n_train = lines_of(self.data / "text" / "train.label")
         labels = (self.data / "text" / "train.label").read_text(encoding="utf-8").split()
         num_classes = len(set(labels))  # label/dict.txt also has fairseq's padding symbols
-        updates = epochs_of_updates(n_train, CLASSIFIER_BATCH, args.classifier_epochs)
+        updates = epochs_of_updates(len(labels), CLASSIFIER_BATCH, args.classifier_epochs)
         options = [*CLASSIFIER_ARGS, "--arch", self.classifier_arch, *self.sizes,
                    "--num-classes", str(num_classes), *ULMFIT_OPTIM,
                    "--lr", str(args.classifier_lr), "--end-learning-rate",
@@ -263,10 +266,16 @@ class Recipe:
         held_out: Dict[str, Dict[int, float]] = {v: {} for v in members}
         cls = str(self.data / "cls-bin")
         for seed in args.seeds:
-            for variant, names in members.items():
-                paths = [str(best[seed, name]) for name in names]
-                error[variant][seed] = 100.0 - score_ensemble(paths, "test", cls)["accuracy"]
-                held_out[variant][seed] = score_ensemble(paths, "valid", cls)["accuracy"]
+            for split in ("test", "valid"):  # each checkpoint read and run once per split
+                logits = {v: split_logits(str(best[seed, v]), split, cls) for v in lms}
+                targets = logits["scratch"][1]  # one data directory: the same for every model
+                for variant, names in members.items():
+                    correct = accuracy(average_probabilities(
+                        [logits[name][0] for name in names]), targets)
+                    if split == "test":
+                        error[variant][seed] = 100.0 - correct
+                    else:
+                        held_out[variant][seed] = correct
         self.seconds["scoring"] = round(time.perf_counter() - start, 1)
         return {"test_error": error, "valid_accuracy": held_out,
                 "pretrain_valid_ppl": {d: valid_curve(self.work / f"pretrain-{d}.log")

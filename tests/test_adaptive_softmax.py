@@ -110,12 +110,8 @@ def test_module_log_probs_and_nll_match_the_equation():
     assert [p.shape for p in module.parameters()] == [(3, dim), (3,)]
 
 
-def test_module_computes_only_the_tail_clusters_that_hold_targets(monkeypatch):
-    torch.manual_seed(0)
-    module = TiedAdaptiveSoftmax(V, E, [8, 15, 22])
-    weight, bias = torch.randn(V, E), torch.randn(V)
-    h = torch.randn(2, 5, E)
-    target = torch.tensor([[1, 16, 5, 21, 2], [17, 7, 7, 15, 3]])  # head and cluster [15, 22)
+def linear_calls(monkeypatch, module, *inputs):
+    """``(module(*inputs), [(rows, out features) of each F.linear call it made])``."""
     calls = []
     linear = F.linear
 
@@ -124,8 +120,18 @@ def test_module_computes_only_the_tail_clusters_that_hold_targets(monkeypatch):
         return linear(x, w, b)
 
     monkeypatch.setattr(adaptive_softmax_module.F, "linear", recording_linear)
-    nll = module(h, target, weight, bias)
+    out = module(*inputs)
     monkeypatch.undo()
+    return out, calls
+
+
+def test_module_computes_only_the_tail_clusters_that_hold_targets(monkeypatch):
+    torch.manual_seed(0)
+    module = TiedAdaptiveSoftmax(V, E, [8, 15, 22])
+    weight, bias = torch.randn(V, E), torch.randn(V)
+    h = torch.randn(2, 5, E)
+    target = torch.tensor([[1, 16, 5, 21, 2], [17, 7, 7, 15, 3]])  # head and cluster [15, 22)
+    nll, calls = linear_calls(monkeypatch, module, h, target, weight, bias)
     assert calls == [(10, 8 + 3), (4, 7)]  # head on all 10 rows, one tail on its 4 rows
     assert nll.shape == (2, 5)
     expected = -module.log_prob(h, weight, bias).gather(-1, target.unsqueeze(-1))[..., 0]
@@ -387,21 +393,12 @@ def test_bf16_tail_rows_come_in_buckets_and_give_the_same_loss(monkeypatch):
     weight, bias = torch.randn(V, E).bfloat16(), torch.randn(V).bfloat16()
     h = torch.randn(2, 5, E).bfloat16()
     target = torch.tensor([[1, 16, 5, 21, 2], [17, 7, 7, 15, 3]])
-    calls = []
-    linear = F.linear
-
-    def recording_linear(x, w, b=None):
-        calls.append((x.size(0), w.size(0)))
-        return linear(x, w, b)
-
-    monkeypatch.setattr(adaptive_softmax_module.F, "linear", recording_linear)
-    nll = module(h, target, weight, bias)
-    monkeypatch.undo()
+    nll, calls = linear_calls(monkeypatch, module, h, target, weight, bias)
     assert calls == [(10, 8 + 3), (adaptive_softmax_module.ROW_BUCKET, 7)]
     rows = torch.tensor([1, 3, 5, 8])  # the positions whose targets are in [15, 22)
-    head = F.cross_entropy(linear(h.view(10, E), torch.cat([weight[:8], module.cluster_weight]),
+    head = F.cross_entropy(F.linear(h.view(10, E), torch.cat([weight[:8], module.cluster_weight]),
                                   torch.cat([bias[:8], module.cluster_bias])).float(),
                            torch.tensor([1, 9, 5, 9, 2, 9, 7, 7, 9, 3]), reduction="none")
-    tail = F.cross_entropy(linear(h.view(10, E)[rows], weight[15:22], bias[15:22]).float(),
+    tail = F.cross_entropy(F.linear(h.view(10, E)[rows], weight[15:22], bias[15:22]).float(),
                            target.view(-1)[rows] - 15, reduction="none")
     assert torch.equal(nll.view(-1), head.index_add(0, rows, tail))

@@ -29,6 +29,11 @@ def average_probabilities(logits: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([x.float().softmax(-1) for x in logits]).mean(0)
 
 
+def accuracy(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Percentage of rows of ``scores`` ``(N, C)`` whose argmax is ``targets`` ``(N,)``."""
+    return 100.0 * scores.argmax(-1).eq(targets).double().mean().item()
+
+
 @torch.no_grad()
 def split_logits(checkpoint: str, subset: str, data: Optional[str] = None,
                  batch_size: int = 64) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -74,13 +79,11 @@ def score_ensemble(checkpoints: Sequence[str], subset: str, data: Optional[str] 
             raise FairseqAWDError(f"{path} reads other examples or labels of '{subset}' than "
                                   f"{checkpoints[0]}: ensemble classifiers of the same data")
 
-    def accuracy(probs: torch.Tensor) -> float:
-        return 100.0 * probs.argmax(-1).eq(targets).double().mean().item()
-
     return {"subset": subset, "examples": len(targets),
-            "members": {path: accuracy(logits) for path, (logits, _) in zip(checkpoints,
-                                                                            members)},
-            "accuracy": accuracy(average_probabilities([logits for logits, _ in members]))}
+            "members": {path: accuracy(logits, targets) for path, (logits, _) in
+                        zip(checkpoints, members)},
+            "accuracy": accuracy(average_probabilities([logits for logits, _ in members]),
+                                 targets)}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
