@@ -1,26 +1,33 @@
-"""Multi30k German->English: beam search, n-best reranking and shallow fusion with an AWD-LSTM.
+"""Multi30k German->English: beam search, n-best reranking with an AWD-LSTM and a noisy
+channel, and shallow fusion, scored on the three standard test sets.
 
 Usage:
     python scripts/multi30k_rescoring.py [--data ../shared/data/multi30k] [--workdir multi30k-work]
-        [--seeds 1 2 3] [--mt-max-update 900] [--lm-max-epoch 4] [--threads N]
+        [--seeds 1 2 3] [--mt-max-update 900] [--lm-max-epoch 4] [--beam 12] [--threads N]
 
 Steps (each is skipped when its output exists, so an interrupted run resumes, and a run
 with more seeds reuses the prepared data and the seeds already done):
 1. Moses-tokenize (sacremoses, cased, no escaping) and BPE-segment (subword-nmt, codes
-   learned jointly on task-1 train German+English) task 1 train / val / test_2016_flickr
-   and the task-2 English captions: train.1-5 (training images only) for the LM, val.1
-   for its validation. No task-2 test caption is read.
+   learned jointly on task-1 train German+English) task 1 train / val / test_2016_flickr /
+   test_2017_flickr / test_2017_mscoco and the task-2 English captions: train.1-5 (training
+   images only) for the LM, val.1 for its validation. No task-2 test caption is read.
 2. Binarize: the translation data with separate dictionaries, the LM corpus with
    ``--srcdict`` = the translation model's English dictionary (needed for fusion).
-Per seed, in WORKDIR/seedS:
-3. Train a small transformer (3+3 layers, 256 units) and an AWD-LSTM LM, on the CPU.
-4. Decode val and test_2016_flickr with beam search (``--nbest`` = beam); rerank with
-   ``fairseq-awd-rescore`` (weights tuned on val), and again with the LM weight held at 0
-   (the length-only ablation); decode with incremental shallow fusion
-   (``--task translation_lm_fusion``, weight tuned on val). Write results.json.
+3. Per seed, train a small de->en transformer, the same transformer en->de (the noisy
+   channel, on the same binarized pairs) and an AWD-LSTM LM. Every fairseq process runs on
+   one thread, whatever ``--threads`` (which sets how many run side by side), so a seed
+   gives the same models on any machine.
+4. Per seed, in WORKDIR/seedS: decode val and the test sets with beam search (``--nbest`` =
+   beam); tune each reranker's weights on val alone (``fairseq-awd-rescore --smooth-tuning``,
+   written to ``weights.NAME.json``) and apply them, fixed, to every test set; decode with
+   incremental shallow fusion (``--task translation_lm_fusion``, weight picked on val).
+   Write results.json: BLEU, sacrebleu's paired-bootstrap p-value against beam search and
+   the hypothesis/reference length ratio of every decoding on every test set, and the
+   weights.
 Then:
-5. Print sacrebleu BLEU on test_2016_flickr (detokenized, cased): a column per seed, the
-   mean +- sd over seeds, and the gain over beam search as mean +- sd.
+5. Print, per test set, sacrebleu BLEU (detokenized, cased): a column per seed, the mean +-
+   sd over seeds, the gain over beam search as mean +- sd and each seed's p-value; then the
+   length ratios.
 """
 
 import argparse
@@ -40,19 +47,39 @@ from recipe_utils import (  # noqa: E402
     preprocess_once,
     print_seed_table,
     run_fairseq,
+    run_module,
+    run_parallel,
     train_once,
     write_lines,
 )
 
 from fairseq_awd.errors import FairseqAWDError, install_excepthook  # noqa: E402
 from fairseq_awd.rescoring.nbest import parse_nbest  # noqa: E402
-from fairseq_awd.rescoring.rerank import corpus_bleu  # noqa: E402
+from fairseq_awd.rescoring.rerank import corpus_bleu, length_ratio, paired_bootstrap  # noqa: E402
 
-# split name here -> (task folder, file stem); task-1 files are {stem}.{de,en}.gz
-MT_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+# fairseq subset -> task-1 file stem ({stem}.{de,en}.gz); "test", "test1", ... are the names
+# fairseq-preprocess gives the files of a comma-separated --testpref
+TEST_SETS = {"test": "test_2016_flickr", "test1": "test_2017_flickr",
+             "test2": "test_2017_mscoco"}
+MT_SPLITS = {"train": "train", "valid": "val", **TEST_SETS}
 LM_TRAIN = [f"train.{i}.en.gz" for i in range(1, 6)]
 LM_VALID = ["val.1.en.gz"]
-LENGTH_ONLY = "ablation: reranking by length only"
+BEAM = "beam search"
+FUSION = "incremental fusion"
+LENGTH_ONLY = "ablation: length only"
+# The rerankers: name -> (file stem, fairseq-awd-rescore options; "CHANNEL" is replaced by
+# the seed's channel options). Per-token LM and channel scores (Yee et al. 2019) and a length
+# feature tied to the source length, so that no weight rewards length as such.
+SOURCE_GAP = ["--length-feature", "source-gap", "--length-weight-grid", "0:0.3:0.02"]
+LM_PER_TOKEN = ["--lm-normalize", "--lm-weight-grid", "0:2:0.1"]
+RERANKERS = {
+    "LM reranking": ("lm", [*LM_PER_TOKEN, *SOURCE_GAP]),
+    "noisy-channel reranking": ("channel", [*LM_PER_TOKEN, *SOURCE_GAP, "CHANNEL"]),
+    LENGTH_ONLY: ("length", ["--lm-weight-grid", "0", *SOURCE_GAP]),
+    # the previous recipe's reranker: total LM log-probability plus a bonus per word
+    "old: LM + word bonus": ("wordbonus", ["--lm-weight-grid", "0:2:0.05",
+                                           "--length-weight-grid=-1:1:0.1"]),
+}
 MT_ARGS = [
     "--arch", "transformer", "--encoder-layers", "3", "--decoder-layers", "3",
     "--encoder-embed-dim", "256", "--decoder-embed-dim", "256",
@@ -124,9 +151,9 @@ def prepare_text(data: Path, out: Path, bpe_merges: int, limit: Optional[int]) -
 
 
 def binarize(text: Path, mt_bin: Path, lm_bin: Path, threads: int) -> None:
-    preprocess_once(mt_bin, ["--source-lang", "de", "--target-lang", "en",
-                             *[a for s in MT_SPLITS for a in (f"--{s}pref", str(text / s))]],
-                    threads)
+    splits = ["--trainpref", str(text / "train"), "--validpref", str(text / "valid"),
+              "--testpref", ",".join(str(text / name) for name in TEST_SETS)]
+    preprocess_once(mt_bin, ["--source-lang", "de", "--target-lang", "en", *splits], threads)
     # fairseq loads a fusion LM's dictionary from DATA/dict.txt: the target dictionary
     shutil.copy(mt_bin / "dict.en.txt", mt_bin / "dict.txt")
     preprocess_once(lm_bin, ["--only-source", "--srcdict", str(mt_bin / "dict.en.txt"),
@@ -153,65 +180,115 @@ def references(text: Path, split: str) -> List[List[str]]:
     return [(text / f"{split}.ref.en").read_text(encoding="utf-8").splitlines()]
 
 
-def run_seed(args: argparse.Namespace, text: Path, mt_bin: Path, lm_bin: Path,
-             seed: int) -> Dict[str, float]:
-    """Train both models with ``seed``, decode test four ways; return test BLEU per decoding
-    (also written, with the choices made on val, to ``WORKDIR/seedS/results.json``)."""
+def train_models(args: argparse.Namespace, mt_bin: Path, lm_bin: Path) -> Dict[int, dict]:
+    """Every seed's translation model, channel and LM, as many side by side as ``--threads``
+    allows, each on one thread. Returns seed -> {"mt", "channel", "lm"} checkpoints."""
+    def job(seed: int, model: str):
+        run_dir = args.workdir / f"seed{seed}"
+        options = {
+            "mt": (mt_bin, [*MT_ARGS, "--max-update", str(args.mt_max_update)]),
+            "channel": (mt_bin, [*MT_ARGS, "--source-lang", "en", "--target-lang", "de",
+                                 "--max-update", str(args.mt_max_update)]),
+            "lm": (lm_bin, [*LM_ARGS, "--max-epoch", str(args.lm_max_epoch)]),
+        }[model]
+        return lambda _threads: train_once(options[0], run_dir / model,
+                                           [*options[1], "--seed", str(seed)], 1)
+
+    jobs = [(seed, model) for seed in args.seeds for model in ("mt", "channel", "lm")]
+    paths = run_parallel([job(seed, model) for seed, model in jobs], args.threads)
+    models: Dict[int, dict] = {}
+    for (seed, model), path in zip(jobs, paths):
+        models.setdefault(seed, {})[model] = path
+    return models
+
+
+def run_seed(args: argparse.Namespace, text: Path, mt_bin: Path, lm_bin: Path, seed: int,
+             models: dict) -> dict:
+    """Decode val and the test sets every way with this seed's models, on one thread; return
+    (and write to ``WORKDIR/seedS/results.json``) BLEU, p-values and length ratios per test
+    set and decoding, and the weights chosen on val."""
     run_dir = args.workdir / f"seed{seed}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    seed_args = ["--seed", str(seed)]
-    mt = train_once(mt_bin, run_dir / "mt",
-                    [*MT_ARGS, "--max-update", str(args.mt_max_update), *seed_args], args.threads)
-    lm = train_once(lm_bin, run_dir / "lm",
-                    [*LM_ARGS, "--max-epoch", str(args.lm_max_epoch), *seed_args], args.threads)
+    refs = {split: references(text, split) for split in ("valid", *TEST_SETS)}
+    nbest = {split: generate(mt_bin, text, models["mt"], split, run_dir / f"{split}.nbest",
+                             args.beam, 1, ["--nbest", str(args.beam)])
+             for split in ("valid", *TEST_SETS)}
+    channel = ["--channel", str(models["channel"]), "--channel-data", str(mt_bin),
+               "--channel-normalize", "--channel-weight-grid", "0:2:0.1"]
 
-    refs = {split: references(text, split) for split in ("valid", "test")}
-
-    def test_bleu(hypotheses: List[str]) -> float:
-        return corpus_bleu(hypotheses, refs["test"])
-
-    nbest = {split: generate(mt_bin, text, mt, split, run_dir / f"{split}.nbest", args.beam,
-                             args.threads, ["--nbest", str(args.beam)])
-             for split in ("valid", "test")}
-
-    def rerank(output: Path, options: Sequence[str] = ()) -> List[str]:
+    def rescore(split: str, output: Path, options: Sequence[str]) -> List[str]:
         if not output.exists():
-            from fairseq_awd.rescoring.cli import main as rescore
-
-            rescore(["--nbest", str(nbest["test"]), "--ref", str(text / "test.ref.en"),
-                     "--tune-nbest", str(nbest["valid"]), "--tune-ref",
-                     str(text / "valid.ref.en"), "--output", str(output), "--lm", str(lm),
-                     "--lm-data", str(lm_bin), "--lm-tokenize", "moses", "--lm-bpe-codes",
-                     str(text / "codes"), "--cpu", *options])
+            run_module("fairseq_awd.rescoring.cli", [
+                "--nbest", str(nbest[split]), "--ref", str(text / f"{split}.ref.en"),
+                "--output", str(output), "--lm", str(models["lm"]), "--lm-data", str(lm_bin),
+                "--lm-tokenize", "moses", "--lm-bpe-codes", str(text / "codes"), "--cpu",
+                *options], 1, output.with_suffix(".log"), name="fairseq-awd-rescore")
         return output.read_text(encoding="utf-8").splitlines()
 
+    outputs: Dict[str, Dict[str, List[str]]] = {
+        split: {BEAM: first_best(nbest[split])} for split in TEST_SETS}
+    weights = {}
+    for name, (stem, options) in RERANKERS.items():
+        options = [x for o in options for x in (channel if o == "CHANNEL" else [o])]
+        record = run_dir / f"weights.{stem}.json"
+        # tuned on val alone; the test sets are only ever reranked with the weights fixed
+        rescore("valid", run_dir / f"valid.{stem}.en", [
+            *options, "--tune-nbest", str(nbest["valid"]), "--tune-ref",
+            str(text / "valid.ref.en"), "--smooth-tuning", "--weights-out", str(record)])
+        weights[name] = json.loads(record.read_text(encoding="utf-8"))
+        fixed = [f"--{feature}-weight={w}" for feature, w in weights[name]["weights"].items()]
+        if weights[name]["length_feature"] == "source-gap":
+            fixed.append(f"--length-ratio={weights[name]['length_ratio']}")
+        for split in TEST_SETS:
+            outputs[split][name] = rescore(split, run_dir / f"{split}.{stem}.en",
+                                           [*options, *fixed])
+
     def fusion(split: str, weight: str) -> Path:
-        return generate(mt_bin, text, mt, split, run_dir / f"{split}.fusion{weight}.out",
-                        args.beam, args.threads,
-                        ["--task", "translation_lm_fusion", "--lm-path", str(lm),
-                         "--lm-weight", weight])
+        return generate(mt_bin, text, models["mt"], split, run_dir / f"{split}.fusion{weight}.out",
+                        args.beam, 1, ["--task", "translation_lm_fusion", "--lm-path",
+                                       str(models["lm"]), "--lm-weight", weight])
 
     dev = {w: corpus_bleu(first_best(fusion("valid", w)), refs["valid"])
            for w in args.fusion_weights.split(",")}
-    dev_beam = corpus_bleu(first_best(nbest["valid"]), refs["valid"])
-    weight = max(dev, key=dev.get)
-    print(f"seed {seed}: fusion on val: beam {dev_beam:.2f}; " +
-          ", ".join(f"weight {w}: {b:.2f}" for w, b in dev.items()) + f"; chosen {weight}",
-          flush=True)
-    bleu = {
-        "beam search": test_bleu(first_best(nbest["test"])),
-        "n-best reranking": test_bleu(rerank(run_dir / "test.reranked.en")),
-        "shallow fusion": test_bleu(first_best(fusion("test", weight))),
-        # the LM's weight held at 0: what length alone gains. Without the LM's summed
-        # log-probability to offset, useful length weights are small: a finer grid
-        LENGTH_ONLY: test_bleu(rerank(run_dir / "test.length-only.en",
-                                      ["--lm-weight-grid", "0",
-                                       "--length-weight-grid=-0.2:0.2:0.01"])),
-    }
-    results = {"seed": seed, "test_bleu": bleu, "fusion_weight": float(weight),
-               "fusion_dev_bleu": dev, "dev_beam_bleu": dev_beam}
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    return bleu
+    fusion_weight = max(dev, key=dev.get)
+    for split in TEST_SETS:
+        outputs[split][FUSION] = first_best(fusion(split, fusion_weight))
+
+    results = {"seed": seed, "bleu": {}, "p_value": {}, "length_ratio": {},
+               "weights": weights, "fusion_weight": float(fusion_weight),
+               "fusion_dev_bleu": dev,
+               "dev_beam_bleu": corpus_bleu(first_best(nbest["valid"]), refs["valid"])}
+    for split, by_decoding in outputs.items():
+        name = TEST_SETS[split]
+        results["bleu"][name] = {d: corpus_bleu(h, refs[split]) for d, h in by_decoding.items()}
+        results["length_ratio"][name] = {d: length_ratio(h, refs[split])
+                                         for d, h in by_decoding.items()}
+        others = {d: h for d, h in by_decoding.items() if d != BEAM}
+        results["p_value"][name] = paired_bootstrap(by_decoding[BEAM], others, refs[split])
+    write_lines(run_dir / "results.json", [json.dumps(results, indent=1)])
+    return results
+
+
+def print_tables(results: Dict[int, dict], seeds: Sequence[int], sizes: Dict[str, int]) -> None:
+    """Per test set: BLEU per seed, mean +- sd, gain over beam search, p-values; then the
+    hypothesis/reference length ratios (mean over seeds)."""
+    first = results[seeds[0]]
+    for name in TEST_SETS.values():
+        decodings = list(first["bleu"][name])
+        rows = {d: {s: results[s]["bleu"][name][d] for s in seeds} for d in decodings}
+        p_values = {d: " / ".join(f"{results[s]['p_value'][name][d]:.3f}" for s in seeds)
+                    for d in decodings if d != BEAM}
+        print(f"\n{name} BLEU (sacrebleu, detokenized, cased), {sizes[name]} sentences; "
+              "p: paired bootstrap against beam search, per seed:\n")
+        print_seed_table("decoding", rows, seeds, digits=2, baseline=BEAM,
+                         notes=("p", p_values))
+    print("\nHypothesis / reference length (sacrebleu), mean over seeds:\n")
+    names = list(TEST_SETS.values())
+    print("| decoding | " + " | ".join(names) + " |")
+    print("| --- |" + " ---: |" * len(names))
+    for d in first["bleu"][names[0]]:
+        cells = [sum(results[s]["length_ratio"][n][d] for s in seeds) / len(seeds)
+                 for n in names]
+        print(f"| {d} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
 
 
 def main(argv=None) -> None:
@@ -226,25 +303,27 @@ def main(argv=None) -> None:
     parser.add_argument("--mt-max-update", type=int, default=900)
     parser.add_argument("--lm-max-epoch", type=int, default=4,
                         help="LM epochs (its val perplexity: 40 after 1, 23 after 4)")
-    parser.add_argument("--beam", type=int, default=5, help="beam size; also the n-best size")
-    parser.add_argument("--fusion-weights", default="0.1,0.2,0.3",
+    parser.add_argument("--beam", type=int, default=12, help="beam size; also the n-best size")
+    parser.add_argument("--fusion-weights", default="0.1,0.2,0.3,0.4",
                         help="shallow-fusion LM weights tried on val")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="fairseq processes side by side (each on one thread)")
     parser.add_argument("--limit", type=int, default=None,
                         help="read only the first N lines of every file (a quick smoke run)")
     args = parser.parse_args(argv)
 
+    if args.beam < 1:
+        parser.error("--beam must be positive")
     text, mt_bin, lm_bin = args.workdir / "text", args.workdir / "mt-bin", args.workdir / "lm-bin"
     prepare_text(args.data, text, args.bpe_merges, args.limit)
     binarize(text, mt_bin, lm_bin, args.threads)
-    bleu: Dict[str, Dict[int, float]] = {}
-    for seed in args.seeds:
-        for decoding, value in run_seed(args, text, mt_bin, lm_bin, seed).items():
-            bleu.setdefault(decoding, {})[seed] = value
-
-    n_test = len((text / "test.ref.en").read_text(encoding="utf-8").splitlines())
-    print(f"\ntest_2016_flickr BLEU (sacrebleu, detokenized, cased), {n_test} sentences:\n")
-    print_seed_table("decoding", bleu, args.seeds, digits=2, baseline="beam search")
+    models = train_models(args, mt_bin, lm_bin)
+    per_seed = run_parallel([lambda _t, s=s: run_seed(args, text, mt_bin, lm_bin, s, models[s])
+                             for s in args.seeds], args.threads)
+    results = dict(zip(args.seeds, per_seed))
+    sizes = {name: len((text / f"{split}.ref.en").read_text(encoding="utf-8").splitlines())
+             for split, name in TEST_SETS.items()}
+    print_tables(results, args.seeds, sizes)
 
 
 if __name__ == "__main__":

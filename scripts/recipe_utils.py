@@ -10,7 +10,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, TypeVar
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.rescoring.cli import write_atomic
@@ -27,19 +27,26 @@ def write_lines(path: Path, lines: Sequence[str]) -> None:
 
 def run_fairseq(tool: str, args: List[str], threads: int, log: Path,
                 resumed: bool = False) -> str:
-    """Run ``python -m fairseq_cli.<tool> args`` on ``threads`` threads; its stdout (fairseq's
-    log and results) goes to ``log`` as it comes, through ``log.tmp``, renamed at the end.
-    With ``resumed`` (a training that resumes from its last checkpoint) ``log.tmp`` is
-    appended to, so the log of an interrupted training keeps both parts. Returns the log's
-    text; exits with the tool's stderr on failure."""
+    """Run ``python -m fairseq_cli.<tool> args`` with ``run_module``."""
+    return run_module(f"fairseq_cli.{tool}", args, threads, log, resumed, f"fairseq-{tool}")
+
+
+def run_module(module: str, args: List[str], threads: int, log: Path, resumed: bool = False,
+               name: Optional[str] = None) -> str:
+    """Run ``python -m module args`` on ``threads`` threads; its stdout (fairseq's log and
+    results) goes to ``log`` as it comes, through ``log.tmp``, renamed at the end. With
+    ``resumed`` (a training that resumes from its last checkpoint) ``log.tmp`` is appended
+    to, so the log of an interrupted training keeps both parts. Returns the log's text;
+    exits with the tool's stderr on failure."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
-    print(f"+ fairseq-{tool} {' '.join(args)}", flush=True)
+    name = name or module
+    print(f"+ {name} {' '.join(args)}", flush=True)
     tmp = log.with_suffix(log.suffix + ".tmp")
     with open(tmp, "a" if resumed else "w", encoding="utf-8") as out:
-        proc = subprocess.run([sys.executable, "-m", f"fairseq_cli.{tool}", *args],
+        proc = subprocess.run([sys.executable, "-m", module, *args],
                               stdout=out, stderr=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
-        raise SystemExit(f"fairseq-{tool} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
     tmp.replace(log)
     return log.read_text(encoding="utf-8")
 
@@ -123,11 +130,12 @@ def mean_sd(values: Sequence[float], digits: int) -> str:
 
 
 def print_seed_table(name: str, rows: Dict[str, Dict[int, float]], seeds: Sequence[int],
-                     digits: int, baseline: Optional[str] = None) -> None:
+                     digits: int, baseline: Optional[str] = None,
+                     notes: Optional[Tuple[str, Dict[str, str]]] = None) -> None:
     """A markdown table: one row per entry of ``rows`` (name -> seed -> value), a column per
     seed, then mean +- sd over the seeds; with ``baseline``, also the per-seed difference to
-    that row as mean +- sd."""
-    extra = [f"vs {baseline}"] if baseline else []
+    that row as mean +- sd; with ``notes`` (header, row -> text), one more column."""
+    extra = ([f"vs {baseline}"] if baseline else []) + ([notes[0]] if notes else [])
     print(f"| {name} | " + " | ".join([f"seed {s}" for s in seeds] + ["mean +- sd", *extra]) +
           " |")
     print("| --- |" + " ---: |" * (len(seeds) + 1 + len(extra)))
@@ -137,4 +145,6 @@ def print_seed_table(name: str, rows: Dict[str, Dict[int, float]], seeds: Sequen
         if baseline:
             cells.append("" if row == baseline else mean_sd(
                 [by_seed[s] - rows[baseline][s] for s in seeds], digits))
+        if notes:
+            cells.append(notes[1].get(row, ""))
         print(f"| {row} | " + " | ".join(cells) + " |")

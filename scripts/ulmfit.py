@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import sys
 import time
@@ -47,6 +46,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).parent)]
 
+from plot_valid_curve import valid_curve  # noqa: E402,I001
 from recipe_utils import (  # noqa: E402,I001
     print_seed_table,
     run_fairseq,
@@ -73,7 +73,7 @@ LM_DROPOUTS = ["--dropout", "0.1", "--dropouth", "0.1", "--dropouti", "0.1", "--
 # ULMFiT's Adam betas (0.7, 0.99), discriminative rates (2.6) and STLR (cut_frac 0.1, ratio 32)
 ULMFIT_OPTIM = ["--optimizer", "discriminative_adam", "--adam-betas", "(0.7,0.99)",
                 "--discriminative-lr-factor", "2.6", "--lr-scheduler", "polynomial_decay"]
-CLASSIFIER_BATCH = 32
+CLASSIFIER_BATCH = 64  # ULMFiT's (Howard and Ruder 2018, section 4)
 CLASSIFIER_ARGS = [
     "--task", "awd_sentence_prediction", "--criterion", "sentence_prediction",
     "--dropout", "0.2", "--dropouth", "0.2", "--dropouti", "0.2", "--dropoute", "0.05",
@@ -174,12 +174,6 @@ def epochs_of_updates(examples: int, batch_size: int, epochs: int) -> int:
     return epochs * -(-examples // batch_size)
 
 
-def valid_curve(log: Path) -> List[float]:
-    """Validation perplexity after each epoch, from a fairseq-train log."""
-    return [float(x) for x in re.findall(r"valid on 'valid' subset \|.*?\| ppl ([\d.]+)",
-                                         log.read_text(encoding="utf-8"))]
-
-
 class Recipe:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -196,18 +190,21 @@ class Recipe:
         self.seconds[step] = round(time.perf_counter() - start, 1)
         return results
 
+    def precision(self) -> List[str]:
+        return ["--bf16"] if self.args.bf16 else []
+
     def lm_options(self, direction: str) -> List[str]:
-        precision = ["--bf16"] if self.args.bf16 else []
         return ["--task", "awd_language_modeling", "--arch", self.lm_arch, *self.sizes,
                 *LM_DROPOUTS, *adaptive_softmax(self.data), *DIRECTIONS[direction],
-                *precision, "--no-epoch-checkpoints", "--seed", "1"]
+                *self.precision(), "--no-epoch-checkpoints", "--seed", "1"]
 
     def pretrain(self, direction: str, threads: int) -> Path:
         args = self.args
         return train_once(self.data / "pretrain-bin", self.work / f"pretrain-{direction}", [
             *self.lm_options(direction), "--optimizer", "adam", "--lr", str(args.pretrain_lr),
             "--lr-scheduler", "fixed", "--batch-size", "64", "--bptt", "70",
-            "--max-epoch", str(args.pretrain_epochs)], threads)
+            "--max-epoch", str(args.pretrain_epochs),
+            "--stop-time-hours", str(args.pretrain_hours)], threads)
 
     def finetune(self, direction: str, pretrained: Path, threads: int) -> Path:
         args = self.args
@@ -229,6 +226,7 @@ class Recipe:
         num_classes = len(set(labels))  # label/dict.txt also has fairseq's padding symbols
         updates = epochs_of_updates(len(labels), CLASSIFIER_BATCH, args.classifier_epochs)
         options = [*CLASSIFIER_ARGS, "--arch", self.classifier_arch, *self.sizes,
+                   *self.precision(),
                    "--num-classes", str(num_classes), *ULMFIT_OPTIM,
                    "--lr", str(args.classifier_lr), "--end-learning-rate",
                    str(args.classifier_lr / 32), *stlr(updates),
@@ -278,9 +276,9 @@ class Recipe:
                         held_out[variant][seed] = correct
         self.seconds["scoring"] = round(time.perf_counter() - start, 1)
         return {"test_error": error, "valid_accuracy": held_out,
-                "pretrain_valid_ppl": {d: valid_curve(self.work / f"pretrain-{d}.log")
+                "pretrain_valid_ppl": {d: valid_curve(str(self.work / f"pretrain-{d}.log"))
                                        for d in DIRECTIONS},
-                "finetune_valid_ppl": {d: valid_curve(self.work / f"finetune-{d}.log")
+                "finetune_valid_ppl": {d: valid_curve(str(self.work / f"finetune-{d}.log"))
                                        for d in DIRECTIONS},
                 "seconds": self.seconds}
 
@@ -309,22 +307,29 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="hidden size of the other recurrent layers")
     parser.add_argument("--layers", type=int, default=3, help="recurrent layers")
     parser.add_argument("--bf16", action="store_true",
-                        help="train the LMs in bf16 (fp32 master weights); fast on CPUs with "
+                        help="train the LMs and classifiers in bf16 (fp32 master weights); fast "
+                        "on CPUs with "
                         "AMX or AVX512-BF16, much slower than fp32 without")
-    parser.add_argument("--pretrain-epochs", type=int, default=5)
+    parser.add_argument("--pretrain-epochs", type=int, default=10,
+                        help="most pretraining epochs (--pretrain-hours usually stops it first)")
+    parser.add_argument("--pretrain-hours", type=float, default=0.6,
+                        help="pretraining time budget of each LM (they train side by side; "
+                        "fairseq's --stop-time-hours, kept across an interrupted run)")
     parser.add_argument("--pretrain-lr", type=float, default=0.003)
     parser.add_argument("--finetune-epochs", type=int, default=10,
                         help="most LM fine-tuning epochs (stops after 2 without a better "
                         "held-out perplexity)")
     parser.add_argument("--finetune-lr", type=float, default=0.002)
-    parser.add_argument("--classifier-epochs", type=int, default=15,
+    parser.add_argument("--classifier-epochs", type=int, default=12,
                         help="most classifier epochs (the first L+2 unfreeze one layer group "
                         "each)")
-    parser.add_argument("--patience", type=int, default=3,
+    parser.add_argument("--patience", type=int, default=2,
                         help="stop a classifier after this many epochs without a better "
                         "held-out accuracy")
     parser.add_argument("--classifier-lr", type=float, default=0.01)
     args = parser.parse_args(argv)
+    if args.pretrain_hours <= 0:
+        parser.error("--pretrain-hours must be positive")
     for name in ("pretrain_epochs", "finetune_epochs", "classifier_epochs", "patience",
                  "threads", "embed_dim", "hidden_size", "layers"):
         if getattr(args, name) < 1:

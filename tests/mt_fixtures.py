@@ -66,14 +66,21 @@ def train_translation_model(root: Path, task1: Path = MULTI30K / "task1") -> Tra
     run("preprocess", ["--source-lang", "de", "--target-lang", "en", "--joined-dictionary",
                        "--destdir", str(mt_bin), "--workers", "1",
                        *[a for s in raw for a in (f"--{s}pref", str(raw_dir / s))]])
-    mt_dir = root / "mt"
+    mt_dir = train_tiny_transformer(mt_bin, root / "mt", "de", "en")
+    return TranslationFixture(mt_bin, mt_dir / "checkpoint_last.pt", codes, text["test", "de"])
+
+
+def train_tiny_transformer(data: Path, save_dir: Path, source: str, target: str) -> Path:
+    """The fixtures' 1+1-layer transformer trained for 50 updates on ``data`` in the
+    direction ``source -> target`` (either direction reads the same binarized pairs)."""
     run("train", [
-        str(mt_bin), "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
+        str(data), "--source-lang", source, "--target-lang", target,
+        "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
         "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
         "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
         "--decoder-attention-heads", "2", "--share-all-embeddings", "--optimizer", "adam",
         "--lr", "0.005", "--batch-size", "32", "--max-update", "50", "--cpu", "--seed", "1",
-        "--save-dir", str(mt_dir), "--save-interval", "1000", "--disable-validation",
+        "--save-dir", str(save_dir), "--save-interval", "1000", "--disable-validation",
         "--no-progress-bar", "--log-interval", "1000",
     ])
-    return TranslationFixture(mt_bin, mt_dir / "checkpoint_last.pt", codes, text["test", "de"])
+    return save_dir

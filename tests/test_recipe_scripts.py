@@ -41,51 +41,83 @@ def table_rows(stdout: str) -> dict:
     return rows
 
 
+def markdown_tables(stdout: str) -> list:
+    """Every markdown table printed, in order, each as ``table_rows`` gives it."""
+    tables, current = [], []
+    for line in stdout.splitlines() + [""]:
+        if line.startswith("| "):
+            current.append(line)
+        elif current:
+            tables.append(table_rows("\n".join(current)))
+            current = []
+    return tables
+
+
 @pytest.mark.skipif(not HAS_MULTI30K, reason=SKIP_REASON)
-def test_multi30k_recipe_prints_the_three_bleu_scores(tmp_path):
+def test_multi30k_recipe_prints_a_table_per_test_set(tmp_path):
     work = tmp_path / "work"
-    args = ["--data", str(MULTI30K), "--workdir", str(work), "--limit", "150",
-            "--bpe-merges", "300", "--mt-max-update", "10", "--lm-max-epoch", "1", "--beam", "2",
-            "--fusion-weights", "0.2", "--threads", "1"]
-    proc = recipe("multi30k_rescoring.py", *args, "--seeds", "1")
+    args = ["--data", str(MULTI30K), "--limit", "150", "--bpe-merges", "300",
+            "--mt-max-update", "10", "--lm-max-epoch", "1", "--beam", "3",
+            "--fusion-weights", "0.2", "--threads", "2"]
+    proc = recipe("multi30k_rescoring.py", *args, "--workdir", str(work), "--seeds", "1", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = table_rows(proc.stdout)
-    decodings = ("beam search", "n-best reranking", "shallow fusion",
-                 "ablation: reranking by length only")
-    assert set(rows) == {"decoding", *decodings}, proc.stdout
-    assert rows["decoding"] == ["seed 1", "mean +- sd", "vs beam search"]
-    results = json.loads((work / "seed1" / "results.json").read_text())
-    assert results["fusion_weight"] == 0.2
-    beam = results["test_bleu"]["beam search"]
-    for name in decodings:
-        bleu = results["test_bleu"][name]
-        assert rows[name][:2] == [f"{bleu:.2f}", f"{bleu:.2f} +- 0.00"]
-        assert rows[name][2] == ("" if name == "beam search" else f"{bleu - beam:.2f} +- 0.00")
-    # the rescorer tuned its weights on val (the ablation with the LM weight held at 0),
-    # and the references are the raw test English
-    assert re.search(r"tuned on .*valid\.nbest: lm_weight", proc.stdout)
-    assert re.search(r"tuned on .*valid\.nbest: lm_weight 0 ", proc.stdout), proc.stdout
-    refs = (work / "text" / "test.ref.en").read_text().splitlines()
+    assert proc.stdout.count("+ fairseq-train") == 6  # per seed: translation, channel, LM
+    *bleu_tables, ratios = markdown_tables(proc.stdout)
+    sets = ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")
+    assert len(bleu_tables) == 3 and all(f"{name} BLEU" in proc.stdout for name in sets)
+    decodings = ("beam search", "LM reranking", "noisy-channel reranking",
+                 "ablation: length only", "old: LM + word bonus", "incremental fusion")
+    results = {seed: json.loads((work / f"seed{seed}" / "results.json").read_text())
+               for seed in (1, 2)}
+    for name, rows in zip(sets, bleu_tables):
+        assert set(rows) == {"decoding", *decodings}, proc.stdout
+        assert rows["decoding"] == ["seed 1", "seed 2", "mean +- sd", "vs beam search", "p"]
+        for decoding in decodings:
+            bleu = [results[s]["bleu"][name][decoding] for s in (1, 2)]
+            beam = [results[s]["bleu"][name]["beam search"] for s in (1, 2)]
+            assert rows[decoding][:3] == [f"{bleu[0]:.2f}", f"{bleu[1]:.2f}",
+                                          f"{statistics.mean(bleu):.2f} +- "
+                                          f"{statistics.stdev(bleu):.2f}"]
+            if decoding != "beam search":
+                gains = [b - a for a, b in zip(beam, bleu)]
+                assert rows[decoding][3] == (f"{statistics.mean(gains):.2f} +- "
+                                             f"{statistics.stdev(gains):.2f}")
+                p = [results[s]["p_value"][name][decoding] for s in (1, 2)]
+                assert rows[decoding][4] == f"{p[0]:.3f} / {p[1]:.3f}" and 0 < min(p) <= 1
+    assert list(ratios["decoding"]) == list(sets) and set(ratios) == {"decoding", *decodings}
+    # weights are tuned on val alone (written per reranker) and the test sets are reranked
+    # with them fixed: no rescoring of a test set tunes anything
+    commands = [line for line in proc.stdout.splitlines() if line.startswith("+ fairseq-awd-")]
+    assert len(commands) == 2 * 4 * 4  # seeds x rerankers x (val + 3 test sets)
+    for command in commands:
+        options = command.split()
+        if "--tune-nbest" in options:
+            assert options[options.index("--tune-nbest") + 1].endswith("/valid.nbest")
+            assert options[options.index("--nbest") + 1].endswith("/valid.nbest")
+        else:
+            assert options[options.index("--nbest") + 1].rsplit("/", 1)[1] in (
+                "test.nbest", "test1.nbest", "test2.nbest")
+    weights = results[1]["weights"]["noisy-channel reranking"]
+    assert set(weights["weights"]) == {"lm", "length", "channel"}
+    assert weights["length_feature"] == "source-gap" and weights["length_ratio"] > 0
+    assert results[1]["weights"]["ablation: length only"]["weights"]["lm"] == 0.0
+    refs = (work / "text" / "test1.ref.en").read_text().splitlines()
     assert len(refs) == 150 and refs[0][0].isupper() and " ," not in refs[0]
-    # a second run resumes: nothing is retrained, the same table comes out; a second seed
-    # trains only its own models and adds its column, with the spread over both seeds
-    again = recipe("multi30k_rescoring.py", *args, "--seeds", "1")
-    assert again.returncode == 0 and "fairseq-train" not in again.stdout
-    assert table_rows(again.stdout) == rows
-    both = recipe("multi30k_rescoring.py", *args, "--seeds", "1", "2")
-    assert both.returncode == 0, both.stderr[-3000:]
-    assert both.stdout.count("+ fairseq-train") == 2 and "fairseq-preprocess" not in both.stdout
-    two = table_rows(both.stdout)
-    second = json.loads((work / "seed2" / "results.json").read_text())["test_bleu"]
-    for name in decodings:
-        values = [results["test_bleu"][name], second[name]]
-        assert two[name][:2] == [f"{v:.2f}" for v in values]
-        assert two[name][2] == f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}"
+    # a second run resumes: nothing is retrained or rescored, the same tables come out
+    again = recipe("multi30k_rescoring.py", *args, "--workdir", str(work), "--seeds", "1", "2")
+    assert again.returncode == 0 and "+ fairseq-" not in again.stdout
+    assert markdown_tables(again.stdout) == markdown_tables(proc.stdout)
+    # the same seed and command in a fresh workdir give the same numbers
+    fresh = tmp_path / "fresh"
+    repeat = recipe("multi30k_rescoring.py", *args, "--workdir", str(fresh), "--seeds", "1")
+    assert repeat.returncode == 0, repeat.stderr[-3000:]
+    repeated = json.loads((fresh / "seed1" / "results.json").read_text())
+    assert repeated == results[1]
     # other training options in the same workdir are refused, not given the old models
     lm_before = (work / "seed1" / "lm" / "checkpoint_best.pt").stat().st_mtime_ns
     longer_lm = list(args)
     longer_lm[args.index("--lm-max-epoch") + 1] = "2"
-    changed = recipe("multi30k_rescoring.py", *longer_lm, "--seeds", "1")
+    changed = recipe("multi30k_rescoring.py", *longer_lm, "--workdir", str(work), "--seeds", "1")
     assert_one_line_error(changed, "seed1/lm was trained with other options",
                           "--max-epoch 1 -> --max-epoch 2", "use another --workdir")
     assert (work / "seed1" / "lm" / "checkpoint_best.pt").stat().st_mtime_ns == lm_before
@@ -118,7 +150,7 @@ def test_ulmfit_recipe_on_tsv_files_prints_every_variant(tmp_path):
             str(SHARED_DATA / "wikitext-2"), "--workdir", str(work), "--limit", "300",
             "--seeds", "1", "--embed-dim", "24", "--hidden-size", "40", "--layers", "2",
             "--pretrain-epochs", "1", "--finetune-epochs", "1", "--classifier-epochs", "5",
-            "--patience", "1", "--threads", "2"]
+            "--patience", "1", "--threads", "2", "--bf16"]
     proc = recipe("ulmfit.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = table_rows(proc.stdout)
@@ -136,7 +168,10 @@ def test_ulmfit_recipe_on_tsv_files_prints_every_variant(tmp_path):
     assert len(valid) == 48 and set(valid) <= {
         line.split("\t")[1] for line in train.read_text().splitlines()}
     # the backward LM read reversed streams; its classifier reads reversed sentences
-    assert "--reverse-tokens" in (work / "pretrain-backward.options.json").read_text()
+    pretrain_options = json.loads((work / "pretrain-backward.options.json").read_text())
+    assert "--reverse-tokens" in pretrain_options and "--bf16" in pretrain_options
+    assert pretrain_options[pretrain_options.index("--stop-time-hours") + 1] == "0.6"
+    assert "--bf16" in json.loads((work / "seed1" / "backward.options.json").read_text())
     log = (work / "seed1" / "backward.log").read_text()
     assert "encoder from --pretrained-lm" in log and "gradual unfreezing: epoch 2" in log
     # a second run finds every step done and prints the same table

@@ -6,12 +6,15 @@ task 2's test_2016, which holds the task-1 test references), then runs
 ``fairseq-generate --nbest 4 --beam 4`` on two slices of task-1 val.
 """
 
+import json
 import math
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fairseq_cli_helpers import (
@@ -29,6 +32,7 @@ from mt_fixtures import (
     SKIP_REASON,
     gz_lines,
     tokenized,
+    train_tiny_transformer,
     train_translation_model,
 )
 
@@ -62,10 +66,12 @@ def _split_nbest(path: Path, out: Path, first: int, stop: int) -> Path:
 
 
 def _translation_model(root: Path):
-    """The shared tiny de->en transformer; n-best of val 0-39."""
+    """The shared tiny de->en transformer, n-best of val 0-39, and the channel: the same
+    transformer trained en->de on the same binarized pairs."""
     mt = train_translation_model(root)
     nbest = _generate(mt.data, mt.checkpoint, mt.codes, "test", root / "all.nbest")
-    return nbest, mt.test_source
+    channel = train_tiny_transformer(mt.data, root / "channel", "en", "de")
+    return nbest, mt.test_source, channel / "checkpoint_last.pt", mt.data
 
 
 def _language_model(root: Path, task2: Path):
@@ -91,7 +97,7 @@ def setup(tmp_path_factory):
     with ThreadPoolExecutor(2) as pool:  # two single-threaded chains of fairseq commands
         mt = pool.submit(_translation_model, root)
         lm = pool.submit(_language_model, root, MULTI30K / "task2")
-        (both, german), (lm_checkpoint, lm_data) = mt.result(), lm.result()
+        (both, german, channel, mt_data), (lm_checkpoint, lm_data) = mt.result(), lm.result()
     refs = gz_lines(MULTI30K / "task1" / "val.en.gz", 0, 40)
     nbest, ref_files = {}, {}
     for split, first in (("valid", 0), ("test", 20)):  # val 0-19 to tune, 20-39 to test
@@ -100,7 +106,7 @@ def setup(tmp_path_factory):
         ref_files[split].write_text("".join(line + "\n" for line in refs[first:first + 20]),
                                     encoding="utf-8")
     return {"root": root, "nbest": nbest, "refs": ref_files, "lm": lm_checkpoint,
-            "lm_data": lm_data, "german": german}
+            "lm_data": lm_data, "german": german, "channel": channel, "mt_data": mt_data}
 
 
 @pytest.fixture(scope="module")
@@ -229,11 +235,157 @@ def test_rerank_and_tuning_on_features():
 
     refs = [["a dog runs .", "the cat sleeps ."]]
     hyps = [["dog a runs .", "a dog runs ."], ["the cat sleeps ."]]  # partial second list
-    feats = Features.from_lists([[-1.0, -1.2], [-2.0]], [[-20.0, -5.0], [-3.0]], [[4, 4], [4]])
-    assert rerank(feats, 0.0, 0.0) == [0, 0] and rerank(feats, 0.1, 0.0) == [1, 0]
-    lam, mu, bleu = tune_weights(feats, hyps, refs, [0.0, 0.1, 1.0], [-0.1, 0.0, 0.1])
-    assert (lam, mu) == (0.1, 0.0)  # smallest |lambda|, then |mu|, among the best
-    assert bleu == pytest.approx(corpus_bleu(["a dog runs .", "the cat sleeps ."], refs))
+    feats = Features.from_lists([[-1.0, -1.2], [-2.0]], lm=[[-20.0, -5.0], [-3.0]],
+                                length=[[4, 4], [4]])
+    assert rerank(feats, {"lm": 0.0, "length": 0.0}) == [0, 0]
+    assert rerank(feats, {"lm": 0.1, "length": 0.0}) == [1, 0]
+    grids = {"lm": [0.0, 0.1, 1.0], "length": [-0.1, 0.0, 0.1]}
+    weights, bleu, objective = tune_weights(feats, hyps, refs, grids)
+    assert weights == {"lm": 0.1, "length": 0.0}  # smallest |lambda|, then |mu|, among the best
+    assert bleu == objective == pytest.approx(corpus_bleu(["a dog runs .", "the cat sleeps ."],
+                                                          refs))
+    with pytest.raises(ValueError, match="no feature"):
+        feats.combined({"channel": 1.0})
+
+
+def test_combined_score_is_the_weighted_sum_and_zero_weights_keep_the_first_best():
+    from fairseq_awd.rescoring.rerank import Features, rerank
+
+    tm = [[-0.5, -0.7, -0.9], [-1.0, -1.1]]
+    lm = [[-3.0, -1.0, -2.0], [-0.5, -4.0]]
+    channel = [[-2.0, -2.5, -0.1], [-1.0, -0.2]]
+    feats = Features.from_lists(tm, lm=lm, channel=channel)
+    score = feats.combined({"lm": 0.5, "channel": 2.0})
+    assert score[0].tolist() == pytest.approx([-0.5 - 1.5 - 4.0, -0.7 - 0.5 - 5.0,
+                                               -0.9 - 1.0 - 0.2])
+    assert score[1, 2] == -np.inf  # no third hypothesis
+    assert rerank(feats, {"lm": 0.0, "channel": 0.0}) == [0, 0]
+    assert rerank(feats, {"lm": 0.5, "channel": 2.0}) == [2, 0]
+    assert rerank(feats, {"lm": 0.0, "channel": 10.0}) == [2, 1]
+
+
+def test_source_length_gap_against_hand_values():
+    from fairseq_awd.rescoring.rerank import source_length_gap
+
+    assert source_length_gap(10, 10, 1.1) == pytest.approx(-1.0)
+    assert source_length_gap(12, 10, 1.1) == pytest.approx(-1.0)  # symmetric around 11
+    assert source_length_gap(11, 10, 1.1) == pytest.approx(0.0)
+    assert source_length_gap(0, 4, 0.5) == pytest.approx(-2.0)
+
+
+def test_smoothed_tuning_picks_the_best_neighbourhood_mean():
+    """Against a brute force: sacrebleu's corpus BLEU at every grid point, averaged over each
+    point's neighbours by hand."""
+    from fairseq_awd.rescoring.rerank import Features, corpus_bleu, rerank, tune_weights
+
+    rng = np.random.default_rng(0)
+    words = "a dog cat runs sleeps the on mat in park".split()
+    refs = [[" ".join(rng.choice(words, 6)) for _ in range(30)]]
+    hyps = [[" ".join(rng.choice(words, int(rng.integers(3, 9)))) for _ in range(4)]
+            for _ in range(30)]
+    feats = Features.from_lists(rng.normal(size=(30, 4)).tolist(),
+                                lm=rng.normal(size=(30, 4)).tolist(),
+                                length=[[len(h.split()) for h in row] for row in hyps])
+    grids = {"lm": [0.0, 0.5, 1.0, 1.5, 2.0], "length": [-0.2, -0.1, 0.0, 0.1, 0.2]}
+    raw = np.array([[corpus_bleu([row[j] for row, j in zip(hyps, rerank(
+        feats, {"lm": a, "length": b}))], refs) for b in grids["length"]]
+        for a in grids["lm"]])
+    smooth = np.array([[raw[max(0, i - 1):i + 2, max(0, j - 1):j + 2].mean()
+                        for j in range(5)] for i in range(5)])
+    weights, bleu, objective = tune_weights(feats, hyps, refs, grids, smooth=True)
+    i, j = grids["lm"].index(weights["lm"]), grids["length"].index(weights["length"])
+    assert objective == pytest.approx(smooth.max()) == pytest.approx(smooth[i, j])
+    assert bleu == pytest.approx(raw[i, j])
+    unsmoothed, raw_best, _ = tune_weights(feats, hyps, refs, grids)
+    assert raw_best == pytest.approx(raw.max())
+
+
+def test_channel_score_equals_forced_decoding_with_the_reverse_model(setup):
+    from fairseq_awd.rescoring import parse_nbest
+    from fairseq_awd.rescoring.channel_scorer import ChannelScorer
+
+    channel = ChannelScorer(str(setup["channel"]), str(setup["mt_data"]), cpu=True,
+                            batch_size=3)
+    assert channel.directions == ("en", "de")
+    lists = parse_nbest(str(setup["nbest"]["test"]))[:4]
+    pairs = [(n.source, h.h_text) for n in lists for h in n.hypotheses[:2]]
+    scores = channel.score([x for x, _ in pairs], [y for _, y in pairs])
+    model, src_dict, tgt_dict = channel.model, channel.task.src_dict, channel.task.tgt_dict
+    eos = tgt_dict.eos()
+    for (x, y), got in zip(pairs, scores):
+        src = src_dict.encode_line(y, add_if_not_exist=False).long().unsqueeze(0)
+        tgt = tgt_dict.encode_line(x, add_if_not_exist=False).long()
+        prev = torch.cat([tgt.new([eos]), tgt[:-1]]).unsqueeze(0)
+        with torch.no_grad():
+            out = model(src, torch.tensor([src.numel()]), prev)
+            lprobs = torch.log_softmax(out[0].double(), -1)[0]
+        expected = float(lprobs.gather(1, tgt.unsqueeze(1)).sum())
+        assert got.num_tokens == tgt.numel() == len(x.split()) + 1
+        assert got.logprob == pytest.approx(expected, abs=1e-4)
+
+
+def test_noisy_channel_reranking_through_the_command(setup, tmp_path):
+    from fairseq_awd.rescoring import parse_nbest
+    from fairseq_awd.rescoring.cli import main
+    from fairseq_awd.rescoring.text import TextPipeline, remove_bpe
+
+    channel = ["--channel", str(setup["channel"]), "--channel-data", str(setup["mt_data"]),
+               "--channel-normalize", "--lm-normalize", "--length-feature", "source-gap"]
+    out, weights = tmp_path / "out.en", tmp_path / "weights.json"
+    main(["--nbest", str(setup["nbest"]["test"]), "--output", str(out), "--lm-weight", "0",
+          "--length-weight", "0", "--channel-weight", "0", "--length-ratio", "1.2",
+          *channel, *_lm_args(setup)])
+    lists = parse_nbest(str(setup["nbest"]["test"]))
+    assert out.read_text().splitlines() == [n.hypotheses[0].d_text for n in lists]
+
+    main(["--nbest", str(setup["nbest"]["test"]), "--ref", str(setup["refs"]["test"]),
+          "--tune-nbest", str(setup["nbest"]["valid"]), "--tune-ref", str(setup["refs"]["valid"]),
+          "--output", str(out), "--weights-out", str(weights), "--lm-weight-grid", "0:1:0.5",
+          "--length-weight-grid", "0:0.2:0.1", "--channel-weight-grid", "0:1:0.5",
+          "--smooth-tuning", *channel, *_lm_args(setup)])
+    record = json.loads(weights.read_text())
+    assert set(record["weights"]) == {"lm", "length", "channel"}
+    assert record["weights"]["channel"] in (0.0, 0.5, 1.0)
+    # the ratio is measured on the tuning set: reference words per source word
+    dev = parse_nbest(str(setup["nbest"]["valid"]))
+    pipeline = TextPipeline("en")
+    ref_words = sum(len(pipeline.lm_words(r).split())
+                    for r in setup["refs"]["valid"].read_text().splitlines())
+    src_words = sum(len(remove_bpe(n.source).split()) for n in dev)
+    assert record["length_ratio"] == pytest.approx(ref_words / src_words)
+    assert record["length_feature"] == "source-gap"
+    assert record["tune_bleu"] >= record["tune_bleu_before"] - 1e-9
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--channel", "x.pt"], "--channel and --channel-data go together"),
+    (["--channel-weight", "1"], "--channel-weight/--channel-normalize need --channel"),
+    (["--length-feature", "source-gap"], "needs --length-ratio"),
+    (["--length-ratio", "1.1"], "with --length-feature source-gap"),
+])
+def test_bad_channel_and_length_options_are_refused(setup, tmp_path, options, message):
+    from fairseq_awd import FairseqAWDError
+    from fairseq_awd.rescoring.cli import main
+
+    with pytest.raises(FairseqAWDError, match=re.escape(message)):
+        main(["--nbest", str(setup["nbest"]["test"]), "--output", str(tmp_path / "out"),
+              "--lm-weight", "1", *options, *_lm_args(setup)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_channel_tokens_are_refused(setup, tmp_path):
+    """Sources the channel's dictionary does not know (here: made-up words) are refused."""
+    from fairseq_awd import FairseqAWDError
+    from fairseq_awd.rescoring.cli import main
+
+    nbest = _write_nbest(tmp_path / "x.nbest", [(0, -0.5, "a man is riding a bike .")])
+    nbest.write_text("S-0\tqqqx zzzq xxqz yyqx zzqy\n" + nbest.read_text())
+    with pytest.raises(FairseqAWDError, match=r"--channel: \d+ of 12 tokens .* are <unk> in the "
+                       r"channel model's dictionaries \(en->de"):
+        main(["--nbest", str(nbest), "--output", str(tmp_path / "out"), "--lm-weight", "0",
+              "--channel", str(setup["channel"]), "--channel-data", str(setup["mt_data"]),
+              *_lm_args(setup)])
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("content, message", [
@@ -325,3 +477,21 @@ def test_lm_with_another_dictionary_is_refused(setup, tmp_path):
     (other / "dict.txt").write_text("\n".join(lines) + "\n")
     with pytest.raises(FairseqAWDError, match="different dictionary"):
         load_lm(str(setup["lm"]), str(other), cpu=True)
+
+
+def test_paired_bootstrap_and_length_ratio():
+    from sacrebleu.metrics import BLEU
+
+    from fairseq_awd.rescoring.rerank import length_ratio, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    words = "a dog cat runs sleeps the on mat in park".split()
+    refs = [[" ".join(rng.choice(words, 8)) for _ in range(200)]]
+    base = [" ".join(rng.choice(words, 8)) for _ in refs[0]]
+    good = [r if i % 2 else b for i, (r, b) in enumerate(zip(refs[0], base))]
+    near = [refs[0][0], *base[1:]]  # one sentence of 200 fixed: no significant gain
+    p = paired_bootstrap(base, {"good": good, "same": base, "near": near}, refs)
+    assert p["good"] < 0.01 and p["near"] > 0.05 and p["same"] == 1.0
+    short = [" ".join(h.split()[:6]) for h in base]
+    score = BLEU().corpus_score(short, refs)
+    assert length_ratio(short, refs) == pytest.approx(0.75) == score.sys_len / score.ref_len

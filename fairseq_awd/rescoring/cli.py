@@ -8,12 +8,14 @@ See the README's "Rescoring translations (n-best)" for the options.
 """
 
 import argparse
+import json
 import os
 import sys
 import tempfile
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from fairseq_awd.errors import FairseqAWDError
+from fairseq_awd.rescoring.channel_scorer import ChannelScorer
 from fairseq_awd.rescoring.lm_scorer import LMScore, LMScorer, load_lm
 from fairseq_awd.rescoring.nbest import NBestList, parse_nbest
 from fairseq_awd.rescoring.rerank import (
@@ -21,17 +23,21 @@ from fairseq_awd.rescoring.rerank import (
     corpus_bleu,
     parse_grid,
     rerank,
+    source_length_gap,
     tune_weights,
 )
-from fairseq_awd.rescoring.text import BPE_MARKER, TextPipeline
+from fairseq_awd.rescoring.text import BPE_MARKER, TextPipeline, remove_bpe
+
+WEIGHTS = ("lm", "length", "channel")  # the features' names; options --NAME-weight(-grid)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fairseq-awd-rescore",
-        description="Rerank fairseq-generate --nbest output with a fairseq_awd language model: "
-                    "score = translation score + lm_weight * LM log-prob + "
-                    "length_weight * length.",
+        description="Rerank fairseq-generate --nbest output with a fairseq_awd language model "
+                    "(and a noisy channel): score = translation score + lm_weight * LM log-prob "
+                    "+ length_weight * length feature + channel_weight * log p(source | "
+                    "hypothesis).",
     )
     p.add_argument("--nbest", required=True, help="fairseq-generate --nbest N output to rerank")
     p.add_argument("--ref", nargs="+", help="reference file(s), one line per source sentence, "
@@ -53,6 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mu values tried by tuning: START:STOP:STEP or a,b,c")
     p.add_argument("--lm-normalize", action="store_true",
                    help="use the LM's per-token log-prob (</s> included) instead of the total")
+    p.add_argument("--length-feature", choices=("words", "source-gap"), default="words",
+                   help="words: the hypothesis' word count; source-gap: -|words - ratio * "
+                   "source words|, a penalty for straying from the length its source implies")
+    p.add_argument("--length-ratio", type=float, help="source-gap's expected target/source word "
+                   "ratio (default: measured on the tuning set's references and sources)")
+    p.add_argument("--channel", help="noisy channel: checkpoint of a translation model trained in "
+                   "the reverse direction (target -> source language)")
+    p.add_argument("--channel-data", help="binarized data directory of --channel (its two "
+                   "dictionaries)")
+    p.add_argument("--channel-weight", type=float, help="fixed channel weight instead of tuning; "
+                   "default 0 with --lm-weight")
+    p.add_argument("--channel-weight-grid", default="0:1:0.1",
+                   help="channel weights tried by tuning: START:STOP:STEP or a,b,c")
+    p.add_argument("--channel-normalize", action="store_true",
+                   help="use the channel's per-token log p(x|y) (per source token, </s> "
+                   "included) instead of the total")
+    p.add_argument("--smooth-tuning", action="store_true",
+                   help="judge each grid point by the mean BLEU of itself and its neighbours")
+    p.add_argument("--weights-out", help="write the weights used (and what tuning saw) to this "
+                   "JSON file")
     p.add_argument("--source-text", choices=("D", "H"), default="D",
                    help="hypothesis text to use: D- lines (decoded with fairseq's --bpe and "
                    "--tokenizer; default) or H- lines (tokens, after --remove-bpe if given)")
@@ -117,28 +143,71 @@ def hypothesis_texts(lists: List[NBestList], path: str, source_text: str,
     return texts
 
 
+def source_words(lists: List[NBestList], path: str) -> List[int]:
+    """Words of each source sentence (its S- line, BPE removed)."""
+    missing = [nbest.id for nbest in lists if nbest.source is None]
+    if missing:
+        raise FairseqAWDError(f"{path}: source id {missing[0]} has no S- line: "
+                              "--length-feature source-gap and --channel read the source "
+                              "sentences (run fairseq-generate without --quiet)")
+    return [len(remove_bpe(nbest.source).split()) for nbest in lists]
+
+
+def measured_length_ratio(lists: List[NBestList], references: List[List[str]], path: str,
+                          pipeline: TextPipeline) -> float:
+    """Reference words per source word over a corpus (the first reference stream), the
+    words counted as for the hypotheses."""
+    ref_words = sum(len(pipeline.lm_words(ref).split()) for ref in references[0])
+    return ref_words / max(1, sum(source_words(lists, path)))
+
+
+def channel_feature(lists: List[NBestList], path: str, channel: ChannelScorer,
+                    args: argparse.Namespace) -> List[List[float]]:
+    """``log p(x | y)`` of every hypothesis ``y`` (its H- tokens) and source ``x`` (its S-
+    tokens), total or per source token with ``--channel-normalize``."""
+    source_words(lists, path)  # refuses lists without S- lines
+    pairs = [(nbest.source, hyp.h_text) for nbest in lists for hyp in nbest.hypotheses]
+    scores = channel.score([x for x, _ in pairs], [y for _, y in pairs])
+    unk = sum(s.num_unk for s in scores)
+    total = sum(len(x.split()) + len(y.split()) for x, y in pairs)
+    if unk > args.max_unk_rate * max(1, total):
+        src, tgt = channel.directions
+        raise FairseqAWDError(
+            f"--channel: {unk} of {total} tokens of {path} ({unk / max(1, total):.1%}) are "
+            f"<unk> in the channel model's dictionaries ({src}->{tgt}; --max-unk-rate is "
+            f"{args.max_unk_rate:g}): give the model trained in the reverse direction on the "
+            "same binarized data, and n-best lists whose H- lines keep the BPE (fairseq-"
+            "generate without --remove-bpe/--post-process)")
+    values = iter(s.logprob / s.num_tokens if args.channel_normalize else s.logprob
+                  for s in scores)
+    return [[next(values) for _ in nbest.hypotheses] for nbest in lists]
+
+
 def featurize(lists: List[NBestList], raw: List[List[str]], path: str,
-              args: argparse.Namespace, pipeline: TextPipeline,
-              scorer: LMScorer) -> Tuple[Features, List[List[str]]]:
-    """LM-score every hypothesis of ``lists`` (texts ``raw``, from ``hypothesis_texts``);
-    return the features and the output texts."""
+              args: argparse.Namespace, pipeline: TextPipeline, scorer: LMScorer,
+              channel: Optional[ChannelScorer] = None,
+              length_ratio: Optional[float] = None) -> Tuple[Features, List[List[str]]]:
+    """Score every hypothesis of ``lists`` (texts ``raw``, from ``hypothesis_texts``) with
+    the LM (and the channel); return the features and the output texts."""
     outputs = [[pipeline.output_text(t) for t in row] for row in raw]
-    words = [[pipeline.lm_words(t) for t in row] for row in outputs]
-    lm_texts = [pipeline.apply_lm_bpe(w) for row in words for w in row]
-    scores = scorer.score(lm_texts)
-    check_unknown_rate(lm_texts, scores, scorer, path, args.max_unk_rate, args.strict)
-    tm, lm, length = [], [], []
-    k = 0
-    for nbest, row in zip(lists, words):
-        tm.append([hyp.score_ln for hyp in nbest.hypotheses])
-        lm_row = []
-        for _ in row:
-            s = scores[k]
-            lm_row.append(s.logprob / s.num_tokens if args.lm_normalize else s.logprob)
-            k += 1
-        lm.append(lm_row)
-        length.append([len(w.split()) for w in row])
-    return Features.from_lists(tm, lm, length), outputs
+    lm_words = [[pipeline.lm_words(t) for t in row] for row in outputs]
+    words = [[len(w.split()) for w in row] for row in lm_words]
+    lm_texts = [pipeline.apply_lm_bpe(w) for row in lm_words for w in row]
+    lm_scores = scorer.score(lm_texts)
+    check_unknown_rate(lm_texts, lm_scores, scorer, path, args.max_unk_rate, args.strict)
+    values = iter(s.logprob / s.num_tokens if args.lm_normalize else s.logprob
+                  for s in lm_scores)
+    tm = [[hyp.score_ln for hyp in nbest.hypotheses] for nbest in lists]
+    lm = [[next(values) for _ in row] for row in words]
+    if args.length_feature == "source-gap":
+        length = [[source_length_gap(n, m, length_ratio) for n in row]
+                  for row, m in zip(words, source_words(lists, path))]
+    else:
+        length = words
+    named = {"lm": lm, "length": length}
+    if channel is not None:
+        named["channel"] = channel_feature(lists, path, channel, args)
+    return Features.from_lists(tm, **named), outputs
 
 
 def check_unknown_rate(lm_texts: List[str], scores: List[LMScore], scorer: LMScorer, path: str,
@@ -188,31 +257,54 @@ def write_atomic(path: str, lines: List[str]) -> None:
         raise
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    """Entry point of ``fairseq-awd-rescore`` (and ``scripts/rescore_nbest.py``)."""
-    args = build_parser().parse_args(argv)
+def check_options(args: argparse.Namespace) -> bool:
+    """Refuse contradictory or incomplete options (one line each); return whether the
+    weights are tuned."""
     tuning = args.tune_nbest is not None
-    if tuning and (args.lm_weight is not None or args.length_weight is not None):
-        raise FairseqAWDError("give either --tune-nbest (tuned weights) or --lm-weight and "
-                              "--length-weight (fixed weights), not both")
+    fixed = [f"--{name}-weight" for name in WEIGHTS if getattr(args, f"{name}_weight") is not None]
+    if tuning and fixed:
+        raise FairseqAWDError(f"give either --tune-nbest (tuned weights) or fixed weights "
+                              f"({', '.join(fixed)}), not both")
     if not tuning and args.lm_weight is None:
         raise FairseqAWDError("no weights: give --tune-nbest DEV_NBEST --tune-ref DEV_REF to "
                               "tune them, or --lm-weight (and --length-weight)")
     if args.tune_ref and not tuning:
         raise FairseqAWDError("--tune-ref needs --tune-nbest")
-    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if (args.channel is None) != (args.channel_data is None):
+        raise FairseqAWDError("--channel and --channel-data go together: the reverse model's "
+                              "checkpoint and its binarized data directory")
+    if args.channel is None and (args.channel_weight is not None or args.channel_normalize):
+        raise FairseqAWDError("--channel-weight/--channel-normalize need --channel")
+    if args.length_ratio is not None and (args.length_feature != "source-gap"
+                                          or args.length_ratio <= 0):
+        raise FairseqAWDError("--length-ratio is source-gap's expected ratio: a positive "
+                              "number, with --length-feature source-gap")
+    if args.length_feature == "source-gap" and not tuning and args.length_ratio is None:
+        raise FairseqAWDError("--length-feature source-gap with fixed weights needs "
+                              "--length-ratio (or --tune-nbest, to measure it)")
     for option, paths in (("--nbest", [args.nbest]), ("--tune-nbest", [args.tune_nbest]),
-                          ("--ref", args.ref), ("--tune-ref", args.tune_ref), ("--lm", [args.lm])):
+                          ("--ref", args.ref), ("--tune-ref", args.tune_ref), ("--lm", [args.lm]),
+                          ("--channel", [args.channel]), ("--weights-out", [args.weights_out])):
         for path in paths or []:
             if path is not None and same_file(args.output, path):
                 raise FairseqAWDError(f"--output {args.output} is the {option} file {path}: "
                                       "writing it would destroy the input; give another file")
-    if not os.path.isdir(out_dir):
-        raise FairseqAWDError(f"--output: directory {out_dir} does not exist")
+    for option, path in (("--output", args.output), ("--weights-out", args.weights_out)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder is not None and not os.path.isdir(folder):
+            raise FairseqAWDError(f"{option}: directory {folder} does not exist")
     if not 0.0 <= args.max_unk_rate <= 1.0:
         raise FairseqAWDError(f"--max-unk-rate must be in [0, 1], got {args.max_unk_rate}")
-    lm_grid = parse_grid(args.lm_weight_grid, "--lm-weight-grid")
-    length_grid = parse_grid(args.length_weight_grid, "--length-weight-grid")
+    return tuning
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point of ``fairseq-awd-rescore`` (and ``scripts/rescore_nbest.py``)."""
+    args = build_parser().parse_args(argv)
+    tuning = check_options(args)
+    names = [n for n in WEIGHTS if n != "channel" or args.channel is not None]
+    grids = {n: parse_grid(getattr(args, f"{n}_weight_grid"), f"--{n}-weight-grid")
+             for n in names}
     if args.detokenize == "auto":
         args.detokenize = "moses" if args.source_text == "H" else "none"
 
@@ -231,32 +323,52 @@ def main(argv: Optional[List[str]] = None) -> None:
     pipeline = TextPipeline(args.lang, bpe_removal=args.remove_bpe,
                             detokenize=args.detokenize == "moses", lm_tokenize=args.lm_tokenize,
                             lm_lowercase=args.lm_lowercase, lm_bpe_codes=args.lm_bpe_codes)
+    length_ratio = args.length_ratio
+    if args.length_feature == "source-gap" and length_ratio is None:
+        length_ratio = measured_length_ratio(dev_lists, dev_refs, args.tune_nbest, pipeline)
     scorer = LMScorer(load_lm(args.lm, args.lm_data, cpu=args.cpu), args.batch_size)
+    channel = (ChannelScorer(args.channel, args.channel_data, cpu=args.cpu,
+                             batch_size=args.batch_size) if args.channel else None)
+    record: Dict[str, object] = {"length_feature": args.length_feature,
+                                 "length_ratio": length_ratio}
 
     if tuning:
         dev_features, dev_outputs = featurize(dev_lists, dev_raw, args.tune_nbest, args, pipeline,
-                                            scorer)
-        lm_weight, length_weight, dev_bleu = tune_weights(
-            dev_features, dev_outputs, dev_refs, lm_grid, length_grid)
+                                            scorer, channel, length_ratio)
+        weights, dev_bleu, objective = tune_weights(dev_features, dev_outputs, dev_refs, grids,
+                                                    smooth=args.smooth_tuning)
         dev_base = corpus_bleu([row[0] for row in dev_outputs], dev_refs)
-        print(f"tuned on {args.tune_nbest}: lm_weight {lm_weight:g} length_weight "
-              f"{length_weight:g}: BLEU {dev_base:.2f} -> {dev_bleu:.2f}")
+        smoothed = f" (smoothed {objective:.2f})" if args.smooth_tuning else ""
+        print(f"tuned on {args.tune_nbest}: {describe(weights)}: BLEU {dev_base:.2f} -> "
+              f"{dev_bleu:.2f}{smoothed}")
+        record.update(tune_bleu_before=dev_base, tune_bleu=dev_bleu, tune_objective=objective)
     else:
-        lm_weight, length_weight = args.lm_weight, args.length_weight or 0.0
+        weights = {n: getattr(args, f"{n}_weight") or 0.0 for n in names}
+    record["weights"] = weights
 
-    features, outputs = featurize(test_lists, test_raw, args.nbest, args, pipeline, scorer)
-    choice = rerank(features, lm_weight, length_weight)
+    if tuning and same_file(args.nbest, args.tune_nbest):  # reranking the tuning set itself
+        features, outputs = dev_features, dev_outputs
+    else:
+        features, outputs = featurize(test_lists, test_raw, args.nbest, args, pipeline, scorer,
+                                      channel, length_ratio)
+    choice = rerank(features, weights)
     reranked = [row[j] for row, j in zip(outputs, choice)]
+    if args.weights_out:
+        write_atomic(args.weights_out, [json.dumps(record, indent=1)])
     write_atomic(args.output, reranked)
     moved = sum(j != 0 for j in choice)
-    print(f"reranked {len(reranked)} sentences with lm_weight {lm_weight:g} length_weight "
-          f"{length_weight:g}; {moved} changed their 1-best; wrote {args.output}")
+    print(f"reranked {len(reranked)} sentences with {describe(weights)}; {moved} changed "
+          f"their 1-best; wrote {args.output}")
     if test_refs is not None:
         before = corpus_bleu([row[0] for row in outputs], test_refs)
         after = corpus_bleu(reranked, test_refs)
         print(f"BLEU translation 1-best {before:.2f}")
         print(f"BLEU reranked {after:.2f}")
     sys.stdout.flush()
+
+
+def describe(weights: Dict[str, float]) -> str:
+    return " ".join(f"{name}_weight {weight:g}" for name, weight in weights.items())
 
 
 if __name__ == "__main__":
