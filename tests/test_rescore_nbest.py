@@ -373,6 +373,18 @@ def test_bad_channel_and_length_options_are_refused(setup, tmp_path, options, me
     assert not (tmp_path / "out").exists()
 
 
+def test_lists_without_source_lines_are_refused_before_scoring(setup, tmp_path, monkeypatch):
+    from fairseq_awd import FairseqAWDError
+    from fairseq_awd.rescoring import cli
+
+    nbest = _write_nbest(tmp_path / "x.nbest", [(0, -0.5, "a dog runs .")])  # no S- line
+    monkeypatch.setattr(cli, "load_lm", lambda *a, **k: pytest.fail("the LM was loaded"))
+    with pytest.raises(FairseqAWDError, match=r"x\.nbest: source id 0 has no S- line"):
+        cli.main(["--nbest", str(nbest), "--output", str(tmp_path / "out"), "--lm-weight", "0",
+                  "--length-feature", "source-gap", "--length-ratio", "1.1", *_lm_args(setup)])
+    assert not (tmp_path / "out").exists()
+
+
 def test_wrong_channel_tokens_are_refused(setup, tmp_path):
     """Sources the channel's dictionary does not know (here: made-up words) are refused."""
     from fairseq_awd import FairseqAWDError

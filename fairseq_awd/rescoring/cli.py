@@ -143,29 +143,32 @@ def hypothesis_texts(lists: List[NBestList], path: str, source_text: str,
     return texts
 
 
-def source_words(lists: List[NBestList], path: str) -> List[int]:
-    """Words of each source sentence (its S- line, BPE removed)."""
+def require_sources(lists: List[NBestList], path: str) -> None:
+    """Refuse lists without S- lines, which --length-feature source-gap and --channel read."""
     missing = [nbest.id for nbest in lists if nbest.source is None]
     if missing:
         raise FairseqAWDError(f"{path}: source id {missing[0]} has no S- line: "
                               "--length-feature source-gap and --channel read the source "
                               "sentences (run fairseq-generate without --quiet)")
+
+
+def source_words(lists: List[NBestList]) -> List[int]:
+    """Words of each source sentence (its S- line, BPE removed)."""
     return [len(remove_bpe(nbest.source).split()) for nbest in lists]
 
 
-def measured_length_ratio(lists: List[NBestList], references: List[List[str]], path: str,
+def measured_length_ratio(lists: List[NBestList], references: List[List[str]],
                           pipeline: TextPipeline) -> float:
     """Reference words per source word over a corpus (the first reference stream), the
     words counted as for the hypotheses."""
     ref_words = sum(len(pipeline.lm_words(ref).split()) for ref in references[0])
-    return ref_words / max(1, sum(source_words(lists, path)))
+    return ref_words / max(1, sum(source_words(lists)))
 
 
 def channel_feature(lists: List[NBestList], path: str, channel: ChannelScorer,
                     args: argparse.Namespace) -> List[List[float]]:
     """``log p(x | y)`` of every hypothesis ``y`` (its H- tokens) and source ``x`` (its S-
     tokens), total or per source token with ``--channel-normalize``."""
-    source_words(lists, path)  # refuses lists without S- lines
     pairs = [(nbest.source, hyp.h_text) for nbest in lists for hyp in nbest.hypotheses]
     scores = channel.score([x for x, _ in pairs], [y for _, y in pairs])
     unk = sum(s.num_unk for s in scores)
@@ -201,7 +204,7 @@ def featurize(lists: List[NBestList], raw: List[List[str]], path: str,
     lm = [[next(values) for _ in row] for row in words]
     if args.length_feature == "source-gap":
         length = [[source_length_gap(n, m, length_ratio) for n in row]
-                  for row, m in zip(words, source_words(lists, path))]
+                  for row, m in zip(words, source_words(lists))]
     else:
         length = words
     named = {"lm": lm, "length": length}
@@ -316,16 +319,20 @@ def main(argv: Optional[List[str]] = None) -> None:
         if dev_refs is None:
             raise FairseqAWDError(f"--tune-nbest {args.tune_nbest} has no T- lines: give "
                                   "--tune-ref")
-    # refuse leftover BPE markers or missing D- lines before loading the LM
+    # refuse leftover BPE markers or missing D-/S- lines before loading the LM
     test_raw = hypothesis_texts(test_lists, args.nbest, args.source_text, args.remove_bpe)
     if tuning:
         dev_raw = hypothesis_texts(dev_lists, args.tune_nbest, args.source_text, args.remove_bpe)
+    if args.channel or args.length_feature == "source-gap":
+        require_sources(test_lists, args.nbest)
+        if tuning:
+            require_sources(dev_lists, args.tune_nbest)
     pipeline = TextPipeline(args.lang, bpe_removal=args.remove_bpe,
                             detokenize=args.detokenize == "moses", lm_tokenize=args.lm_tokenize,
                             lm_lowercase=args.lm_lowercase, lm_bpe_codes=args.lm_bpe_codes)
     length_ratio = args.length_ratio
     if args.length_feature == "source-gap" and length_ratio is None:
-        length_ratio = measured_length_ratio(dev_lists, dev_refs, args.tune_nbest, pipeline)
+        length_ratio = measured_length_ratio(dev_lists, dev_refs, pipeline)
     scorer = LMScorer(load_lm(args.lm, args.lm_data, cpu=args.cpu), args.batch_size)
     channel = (ChannelScorer(args.channel, args.channel_data, cpu=args.cpu,
                              batch_size=args.batch_size) if args.channel else None)
