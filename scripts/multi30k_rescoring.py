@@ -194,7 +194,8 @@ def train_models(args: argparse.Namespace, mt_bin: Path, lm_bin: Path) -> Dict[i
         return lambda _threads: train_once(options[0], run_dir / model,
                                            [*options[1], "--seed", str(seed)], 1)
 
-    jobs = [(seed, model) for seed in args.seeds for model in ("mt", "channel", "lm")]
+    # Longest first (the LM takes ~1.5x the translation models), so side-by-side slots end together.
+    jobs = [(seed, model) for seed in args.seeds for model in ("lm", "mt", "channel")]
     paths = run_parallel([job(seed, model) for seed, model in jobs], args.threads)
     models: Dict[int, dict] = {}
     for (seed, model), path in zip(jobs, paths):
