@@ -194,8 +194,9 @@ def train_models(args: argparse.Namespace, mt_bin: Path, lm_bin: Path) -> Dict[i
         return lambda _threads: train_once(options[0], run_dir / model,
                                            [*options[1], "--seed", str(seed)], 1)
 
-    # Longest first (the LM takes ~1.5x the translation models), so side-by-side slots end together.
-    jobs = [(seed, model) for seed in args.seeds for model in ("lm", "mt", "channel")]
+    # Longest first over all seeds (an LM takes ~1.5x a translation model), so that the
+    # side-by-side slots finish close together.
+    jobs = [(seed, model) for model in ("lm", "mt", "channel") for seed in args.seeds]
     paths = run_parallel([job(seed, model) for seed, model in jobs], args.threads)
     models: Dict[int, dict] = {}
     for (seed, model), path in zip(jobs, paths):
