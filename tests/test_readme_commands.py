@@ -173,8 +173,12 @@ def check_fairseq(command: Command) -> None:
     import fairseq_awd  # noqa: F401  (registers the plugin's names)
 
     parser = fairseq_parser(command.words[0])()
+    args = substitute(command.words[1:])
     with parser_errors(command):
-        options.parse_args_and_arch(parser, input_args=substitute(command.words[1:]))
+        if command.words[0] == "fairseq-preprocess":
+            parser.parse_args(args)  # as fairseq_cli.preprocess does: no task or model options
+        else:
+            options.parse_args_and_arch(parser, input_args=args)
 
 
 def check_awd_eval(command: Command) -> None:
@@ -218,11 +222,11 @@ def help_text(*invocation: str) -> str:
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             if invocation[0] == "-m":
-                sys.argv = [invocation[1], "--help"]
+                sys.argv = [invocation[1], *invocation[2:], "--help"]
                 runpy.run_module(invocation[1], run_name="__main__", alter_sys=True)
             else:
                 script = str(REPO / invocation[0])
-                sys.argv = [script, "--help"]
+                sys.argv = [script, *invocation[1:], "--help"]
                 sys.path.insert(0, str(Path(script).parent))
                 runpy.run_path(script, run_name="__main__")
     except SystemExit as exit_:
@@ -244,7 +248,11 @@ def check_python(command: Command) -> None:
     if not script.is_file():
         pytest.fail(f"{command}\n  {args[0]} does not exist")
     text = help_text(args[0])
+    if len(args) > 1 and re.search(r"\{[\w,-]*\b" + re.escape(args[1]) + r"\b[\w,-]*\}", text):
+        text += help_text(args[0], args[1])  # a subcommand: its own options
     for word in args[1:]:
+        if word == "--":  # the rest is passed on to another program
+            break
         match = OPTION.match(word)
         if match and not re.search(re.escape(match.group(0)) + r"(?![\w-])", text):
             pytest.fail(f"{command}\n  {match.group(0)} is not in {args[0]} --help")
@@ -345,6 +353,8 @@ BAD = [
     "fairseq-awd-rescore --lm A --lm-data B --nbest C --output D --lm-weigh 1",
     "python scripts/no_such_script.py --help",
     "python scripts/sample_chars.py --data D --path P --no-such-option 1",
+    "python scripts/benchmark_qrnn.py layer --data D",
+    "fairseq-preprocess --only-source --trainpref T --destdir D --no-such-option",
     "scripts/recipes/awd.sh lstm-no-such-corpus",
     "bash scripts/no_such.sh",
     "make no-such-target",
