@@ -7,12 +7,14 @@ Each command is then checked without running anything heavy:
 
 - ``fairseq-train``, ``fairseq-eval-lm``, ``fairseq-generate``, ``fairseq-interactive``,
   ``fairseq-validate``, ``fairseq-preprocess``: parsed in-process by fairseq's own parser and
-  ``options.parse_args_and_arch``, with ``--user-dir fairseq_awd`` pointing at this checkout,
-  so misspelled options, architectures, tasks, criteria, optimizers and schedulers fail;
+  ``options.parse_args_and_arch`` (``fairseq-preprocess``: ``parse_args``, as fairseq does),
+  with ``--user-dir fairseq_awd`` pointing at this checkout, so misspelled options,
+  architectures, tasks, criteria, optimizers and schedulers fail;
 - ``fairseq-awd-eval`` and ``fairseq-awd-rescore``: parsed by their own ``build_parser`` (and
-  the eval command's option checks);
-- ``python scripts/X.py``: the script exists and every ``--option`` used appears in its
-  ``--help``; ``python -m MODULE``: ``--help`` exits 0;
+  the eval command's option checks); options must be spelled out, not abbreviated;
+- ``python scripts/X.py``: the script exists and every ``--option`` used (up to a ``--``)
+  appears in its ``--help``, or in its subcommand's; ``python -m MODULE``: ``--help`` exits 0.
+  Both run in-process, so fairseq and torch are imported once;
 - ``scripts/recipes/awd.sh RECIPE`` (or ``bash scripts/X.sh``): the script exists, and the
   recipe is one of its ``case`` labels (other scripts: every ``--option`` appears in it);
 - ``make TARGET``: the target exists in the Makefile.
