@@ -3,7 +3,6 @@ fairseq's command-line tools with a thread budget and writing files atomically."
 
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -113,14 +112,6 @@ def run_parallel(jobs: Sequence[Callable[[int], T]], threads: int) -> List[T]:
             for future in futures:
                 future.cancel()
             raise
-
-
-def logged_metric(log: str, name: str) -> float:
-    """The last value of ``name`` in a fairseq log (``| name 12.3 |`` or ``name=12.3``)."""
-    values = re.findall(rf"\b{re.escape(name)}[ =]([-\d.]+)", log)
-    if not values:
-        raise SystemExit(f"no '{name}' in the fairseq log")
-    return float(values[-1])
 
 
 def mean_sd(values: Sequence[float], digits: int) -> str:

@@ -13,7 +13,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = str(REPO / "fairseq_awd")
-SHARED_DATA = REPO.parent / "shared" / "data"
+# ../shared next to the repository, when present: real corpora (data/) and trained
+# checkpoints (checkpoints/); tests that need them skip without it.
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data"
 SAMPLE_DATA = REPO / "examples" / "data" / "kjv"
 
 TINY_MODEL = [

@@ -99,7 +99,7 @@ def test_cache_carries_across_bptt_windows(data, lstm_checkpoint):
 
 def test_grid_is_tuned_on_the_tune_subset_only(data, lstm_checkpoint):
     proc = awd_eval(data, lstm_checkpoint, "--gen-subset", "test", "--cache-window", "30",
-                    "--cache-theta", "0.5,1", "--cache-lambda", "0.1,0.3", "--tune-subset",
+                    "--cache-theta", "0.5:1:0.5", "--cache-lambda", "0.1,0.3", "--tune-subset",
                     "valid")
     out = proc.stdout + proc.stderr
     grid = re.findall(r"tune on (\w+): --cache-theta ([0-9.]+), --cache-lambda ([0-9.]+): "
@@ -143,7 +143,7 @@ def test_dynamic_evaluation_adapts_and_leaves_the_checkpoint_alone(data, lstm_ch
     (["--cache-lambda", "0.1"], ["--cache-lambda is a cache option", "--cache-window"]),
     (["--cache-window", "100000"], ["too short for --cache-window 100000"]),
     (["--cache-window", "5", "--cache-lambda", "0.1,0.2"], ["--tune-subset valid"]),
-    (["--cache-window", "5", "--cache-lambda", "x"], ["--cache-lambda: comma-separated"]),
+    (["--cache-window", "5", "--cache-lambda", "x"], ["--cache-lambda: expected finite numbers"]),
     (["--dynamic-lr", "1e-4"], ["--dynamic-lr is a dynamic-evaluation option"]),
     (["--dynamic-eval", "--dynamic-lr", "-1"], ["--dynamic-lr must be non-negative"]),
     (["--dynamic-eval", "--dynamic-sgd"], ["--dynamic-lr is required"]),

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from fairseq import checkpoint_utils
-from fairseq_cli_helpers import REPO, USER_DIR, one_thread_env
+from fairseq_cli_helpers import SHARED, USER_DIR, one_thread_env
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "legacy_checkpoint"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text(encoding="utf-8"))
-PTB_SMALL = REPO.parent / "shared" / "checkpoints" / "ptb-small"
+PTB_SMALL = SHARED / "checkpoints" / "ptb-small"
 
 # fairseq-eval-lm's own steps (its parser, config and main) with its results printed at
 # full precision as the last line; fairseq-eval-lm itself logs them to 4 decimals only.

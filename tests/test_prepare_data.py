@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from fairseq_cli_helpers import REPO, SHARED_DATA
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "prepare_data.py"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SCRIPT = REPO / "scripts" / "prepare_data.py"
 _spec = importlib.util.spec_from_file_location("prepare_data", SCRIPT)
 prep = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(prep)

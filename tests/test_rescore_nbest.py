@@ -449,10 +449,9 @@ def test_bad_input_through_the_command_line_writes_nothing(setup, tmp_path):
     bad = tmp_path / "bad.nbest"
     bad.write_text("S-0\tein Hund\nH-0\t-0.5\n", encoding="utf-8")
     out = tmp_path / "out.en"
-    script = Path(__file__).resolve().parents[1] / "scripts" / "rescore_nbest.py"
     proc = subprocess.run(
-        [sys.executable, str(script), "--nbest", str(bad), "--output", str(out),
-         "--lm-weight", "1", *_lm_args(setup)],
+        [sys.executable, "-m", "fairseq_awd.rescoring.cli", "--nbest", str(bad), "--output",
+         str(out), "--lm-weight", "1", *_lm_args(setup)],
         capture_output=True, text=True, env=one_thread_env(), timeout=300)
     assert_one_line_error(proc, f"{bad}:2: H- line: expected")
     assert not out.exists() and list(tmp_path.iterdir()) == [bad]

@@ -8,9 +8,10 @@ cache pointer and dynamic evaluation.
 
 It takes fairseq-eval-lm's options (``--user-dir`` is optional: the plugin is imported) and
 scores with fairseq's own ``eval_lm`` loop, so plain evaluation prints exactly what
-``fairseq-eval-lm`` prints. A comma-separated list for a cache or dynamic-evaluation
-hyperparameter is a grid: every combination is scored on ``--tune-subset`` and the best
-one on ``--gen-subset``.
+``fairseq-eval-lm`` prints. A cache or dynamic-evaluation hyperparameter may be a grid,
+comma-separated values or ``START:STOP:STEP`` (``fairseq_awd.grid``, as in
+``fairseq-awd-rescore``): every combination is scored on ``--tune-subset`` and the best one
+on ``--gen-subset``.
 
 On character-level data (``--char-level auto`` finds it: a ``char-level.json`` written by
 ``scripts/prepare_data.py``, or a dictionary of single characters or of byte values) it
@@ -44,6 +45,7 @@ from fairseq_awd.evaluation.scorers import (
     LineEndScores,
     collect_gradient_statistics,
 )
+from fairseq_awd.grid import parse_grid
 from fairseq_awd.optim.dynamic_eval import (
     KRAUSE_EPSILON,
     KRAUSE_PTB_DECAY,
@@ -63,14 +65,18 @@ REFERENCE_PTB_THETA, REFERENCE_PTB_LAMBDA = 1.0, 0.1
 
 def build_parser() -> argparse.ArgumentParser:
     parser = options.get_eval_lm_parser(default_task="awd_language_modeling")
-    group = parser.add_argument_group("fairseq-awd-eval: cache pointer and dynamic evaluation")
+    group = parser.add_argument_group(
+        "fairseq-awd-eval: cache pointer and dynamic evaluation",
+        "--cache-theta, --cache-lambda, --dynamic-lr and --dynamic-decay take one value or a "
+        "GRID searched on --tune-subset: comma-separated values (a,b,c) or START:STOP:STEP "
+        "(STOP included)")
     group.add_argument("--cache-window", type=int, default=0, metavar="W",
                        help="continuous cache pointer over the last W hidden states of each "
                        "stream (0: off; the reference uses 500 on PTB, 3785 on WikiText-2)")
-    group.add_argument("--cache-theta", metavar="T[,T...]",
+    group.add_argument("--cache-theta", metavar="T|GRID",
                        help=f"cache softmax scale theta (default {REFERENCE_PTB_THETA}, the "
                        "reference's for PTB; WikiText-2: 0.662)")
-    group.add_argument("--cache-lambda", metavar="L[,L...]",
+    group.add_argument("--cache-lambda", metavar="L|GRID",
                        help=f"weight of the cache in the mixture, in [0, 1] (default "
                        f"{REFERENCE_PTB_LAMBDA}, the reference's for PTB; WikiText-2: 0.1279)")
     group.add_argument("--dynamic-eval", action="store_true",
@@ -80,10 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--dynamic-sgd", action="store_true",
                        help="with --dynamic-eval: the plain SGD variant (no gradient "
                        "statistics; --dynamic-decay defaults to 0)")
-    group.add_argument("--dynamic-lr", metavar="ETA[,ETA...]",
+    group.add_argument("--dynamic-lr", metavar="ETA|GRID",
                        help=f"dynamic-evaluation learning rate (default {KRAUSE_PTB_LR}, Krause "
                        "et al.'s for AWD-LSTM on PTB; required with --dynamic-sgd)")
-    group.add_argument("--dynamic-decay", metavar="LAMBDA[,LAMBDA...]",
+    group.add_argument("--dynamic-decay", metavar="LAMBDA|GRID",
                        help=f"decay rate towards the trained weights (default {KRAUSE_PTB_DECAY}; "
                        "0 with --dynamic-sgd)")
     group.add_argument("--dynamic-epsilon", type=float, default=KRAUSE_EPSILON,
@@ -98,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--dynamic-stats-max-batches", type=int, default=-1,
                        help="windows of the statistics pass (-1: the whole split)")
     group.add_argument("--tune-subset", metavar="SPLIT",
-                       help="split on which a grid (comma-separated values) is searched; the "
+                       help="split on which a grid (a,b,c or START:STOP:STEP) is searched; the "
                        "best values then score --gen-subset")
     group = parser.add_argument_group("fairseq-awd-eval: bits per character")
     group.add_argument("--char-level", choices=("auto", "on", "off"), default="auto",
@@ -126,20 +132,15 @@ def character_level(data: str, dictionary: Dictionary) -> Optional[str]:
     return None
 
 
-def parse_grid(value: Optional[str], option: str, default: Optional[float]) -> List[float]:
+def grid_or_default(value: Optional[str], option: str, default: Optional[float]) -> List[float]:
+    """The values of ``option`` (``fairseq_awd.grid``'s syntax), or ``[default]`` when it is
+    not given; refused when it has no default."""
     if value is None:
         if default is None:
             raise FairseqAWDError(f"{option} is required here: give a learning rate such as "
-                                  "1e-4 (or a comma-separated grid with --tune-subset)")
+                                  "1e-4 (or a grid with --tune-subset)")
         return [default]
-    try:
-        values = [float(part) for part in str(value).split(",")]
-    except ValueError:
-        raise FairseqAWDError(f"{option}: comma-separated numbers expected, got '{value}'"
-                              ) from None
-    if any(math.isnan(v) for v in values):
-        raise FairseqAWDError(f"{option}: got NaN in '{value}'")
-    return values
+    return parse_grid(value, option)
 
 
 def check_options(args: argparse.Namespace) -> Dict[str, List[float]]:
@@ -170,26 +171,27 @@ def check_options(args: argparse.Namespace) -> Dict[str, List[float]]:
                               "the cache and dynamic evaluation cannot follow: drop it")
     grids = {}
     if args.cache_window:
-        grids["cache_theta"] = parse_grid(args.cache_theta, "--cache-theta", REFERENCE_PTB_THETA)
-        grids["cache_lambda"] = parse_grid(args.cache_lambda, "--cache-lambda",
-                                           REFERENCE_PTB_LAMBDA)
+        grids["cache_theta"] = grid_or_default(args.cache_theta, "--cache-theta",
+                                               REFERENCE_PTB_THETA)
+        grids["cache_lambda"] = grid_or_default(args.cache_lambda, "--cache-lambda",
+                                                REFERENCE_PTB_LAMBDA)
         if any(t < 0 for t in grids["cache_theta"]):
             raise FairseqAWDError(f"--cache-theta must be non-negative, got {args.cache_theta}")
         if any(not 0.0 <= v <= 1.0 for v in grids["cache_lambda"]):
             raise FairseqAWDError(f"--cache-lambda must be in [0, 1], got {args.cache_lambda}")
     if args.dynamic_eval:
-        grids["dynamic_lr"] = parse_grid(
+        grids["dynamic_lr"] = grid_or_default(
             args.dynamic_lr, "--dynamic-lr", None if args.dynamic_sgd else KRAUSE_PTB_LR)
-        grids["dynamic_decay"] = parse_grid(
+        grids["dynamic_decay"] = grid_or_default(
             args.dynamic_decay, "--dynamic-decay", 0.0 if args.dynamic_sgd else KRAUSE_PTB_DECAY)
         for lr, decay in itertools.product(grids["dynamic_lr"], grids["dynamic_decay"]):
             check_hyperparameters(lr, decay)
     is_grid = any(len(values) > 1 for values in grids.values())
     if is_grid and not args.tune_subset:
-        raise FairseqAWDError("a comma-separated list is a grid: give --tune-subset valid (the "
+        raise FairseqAWDError("more than one value is a grid: give --tune-subset valid (the "
                               "split to search it on), or one value per option")
     if args.tune_subset and not is_grid:
-        raise FairseqAWDError("--tune-subset needs a grid: give a comma-separated list to "
+        raise FairseqAWDError("--tune-subset needs a grid: give a,b,c or START:STOP:STEP to "
                               "--cache-theta, --cache-lambda, --dynamic-lr or --dynamic-decay")
     return grids
 

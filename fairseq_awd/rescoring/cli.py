@@ -15,13 +15,13 @@ import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from fairseq_awd.errors import FairseqAWDError
+from fairseq_awd.grid import parse_grid
 from fairseq_awd.rescoring.channel_scorer import ChannelScorer
 from fairseq_awd.rescoring.lm_scorer import LMScore, LMScorer, load_lm
 from fairseq_awd.rescoring.nbest import NBestList, parse_nbest
 from fairseq_awd.rescoring.rerank import (
     Features,
     corpus_bleu,
-    parse_grid,
     rerank,
     source_length_gap,
     tune_weights,
@@ -302,7 +302,7 @@ def check_options(args: argparse.Namespace) -> bool:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Entry point of ``fairseq-awd-rescore`` (and ``scripts/rescore_nbest.py``)."""
+    """Entry point of ``fairseq-awd-rescore`` (and ``python -m fairseq_awd.rescoring.cli``)."""
     args = build_parser().parse_args(argv)
     tuning = check_options(args)
     names = [n for n in WEIGHTS if n != "channel" or args.channel is not None]

@@ -14,8 +14,6 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 from sacrebleu.metrics import BLEU
 
-from fairseq_awd.errors import FairseqAWDError
-
 
 @dataclass
 class Features:
@@ -96,21 +94,6 @@ def _bleu_from_stats(stats: np.ndarray) -> float:
         correct=[int(x) for x in total[2:6]], total=[int(x) for x in total[6:10]],
         sys_len=int(total[0]), ref_len=int(total[1]), smooth_method="exp",
     ).score
-
-
-def parse_grid(spec: str, option: str) -> List[float]:
-    """``"START:STOP:STEP"`` (inclusive) or comma-separated values -> the values."""
-    try:
-        if ":" in spec:
-            start, stop, step = (float(x) for x in spec.split(":"))
-            if step <= 0 or stop < start:
-                raise ValueError
-            count = int(round((stop - start) / step)) + 1
-            return [round(start + k * step, 10) for k in range(count)]
-        return [float(x) for x in spec.split(",")]
-    except ValueError:
-        raise FairseqAWDError(f"{option}: expected START:STOP:STEP with STEP > 0 and "
-                              f"STOP >= START, or comma-separated numbers, got '{spec}'") from None
 
 
 def _box_mean(values: np.ndarray) -> np.ndarray:
