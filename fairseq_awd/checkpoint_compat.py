@@ -7,6 +7,9 @@ global: argparse.Namespace"). Instead of turning the safe loader off, fairseq's 
 reader is wrapped so that exactly this type is allowed while it runs, and nowhere else.
 The wrapper also turns an unreadable file (truncated, or not a fairseq checkpoint) into one
 FairseqAWDError naming it and the other checkpoints next to it.
+
+It also renames the entries of AWD language models written before their decoder held its
+encoder and output head (``upgraded_decoder_key``): the one place that knows the old names.
 """
 
 import argparse
@@ -15,6 +18,7 @@ import glob
 import os
 import pickle
 import traceback
+from typing import Any, Dict
 
 import torch
 from fairseq import checkpoint_utils
@@ -22,6 +26,37 @@ from fairseq import checkpoint_utils
 from fairseq_awd.errors import FairseqAWDError
 
 FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace]
+
+# The first component of an AWD LM decoder's state-dict keys before the decoder held its
+# encoder and output head (issue 30) -> its place now. ``output_weight`` and
+# ``output_bias`` (the untied word vectors and the biases) kept their names.
+LEGACY_DECODER_ENTRIES = {
+    "embed_tokens": "encoder.embed_tokens",
+    "layers": "encoder.layers",
+    "dictionary_fingerprint": "encoder.dictionary_fingerprint",
+    "adaptive_output": "head.softmax",
+    "mos_output": "head.mixture",
+}
+
+
+def upgraded_decoder_key(key: str, prefix: str = "decoder.") -> str:
+    """``key`` of an AWD LM's state dict under its current name, e.g.
+    ``decoder.embed_tokens.weight`` -> ``decoder.encoder.embed_tokens.weight``,
+    ``decoder.adaptive_output.cluster_weight`` -> ``decoder.head.softmax.cluster_weight``
+    (``prefix``: where the decoder's entries are). Current keys come back unchanged."""
+    if not key.startswith(prefix):
+        return key
+    first, dot, rest = key[len(prefix):].partition(".")
+    return prefix + LEGACY_DECODER_ENTRIES.get(first, first) + dot + rest
+
+
+def upgrade_decoder_state_dict(state_dict: Dict[str, Any], prefix: str = "decoder.") -> None:
+    """Rename, in place, the entries of ``state_dict`` under ``prefix`` that an AWD LM
+    decoder wrote before it held its encoder and output head (see ``upgraded_decoder_key``)."""
+    for key in list(state_dict):
+        new = upgraded_decoder_key(key, prefix)
+        if new != key:
+            state_dict[new] = state_dict.pop(key)
 
 
 def _unreadable(err: Exception) -> str:

@@ -40,7 +40,6 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -168,11 +167,7 @@ def measure(args: argparse.Namespace, device: torch.device, vocab_size: int,
     def softmax_step() -> None:
         model.zero_grad(set_to_none=True)
         features.grad = None
-        out = decoder.output_layer(features)
-        if decoder.adaptive_output is not None:
-            nll = decoder.adaptive_nll((out, None), target).sum()
-        else:
-            nll = F.cross_entropy(out.view(-1, vocab_size), target.view(-1), reduction="sum")
+        nll = decoder.output_nll((decoder.output_layer(features), None), target).sum()
         nll.backward()
 
     train_s = median_seconds(train_step, args.steps, args.warmup, device)

@@ -22,7 +22,6 @@ from typing import List
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fairseq import options, tasks, utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
@@ -35,12 +34,9 @@ def train_step(model, sample: dict, optimizer: torch.optim.Optimizer,
     device = "cpu" if cfg.common.cpu else "cuda"
     with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.common.bf16):
         net_output = model(**sample["net_input"])
-    output, extra = net_output
+    _, extra = net_output
     target = sample["target"]
-    if getattr(model.decoder, "adaptive_output", None) is not None:  # --adaptive-softmax-cutoff
-        loss = model.decoder.adaptive_nll(net_output, target).mean()
-    else:
-        loss = F.cross_entropy(output.reshape(-1, output.size(-1)), target.reshape(-1))
+    loss = model.decoder.output_nll(net_output, target).mean()  # any output head
     dropped, raw = extra["dropped_output"], extra["raw_output"]
     loss = loss + cfg.criterion.alpha * dropped.pow(2).mean()
     if raw.size(0) > 1:

@@ -27,6 +27,7 @@ from fairseq_awd.models.awd_lstm_lm import AWDLSTMConfig, AWDLSTMLanguageModel, 
 from fairseq_awd.models.awd_qrnn_lm import AWDQRNNConfig, AWDQRNNLanguageModel, awd_qrnn_lm_wt103
 from fairseq_awd.modules import TiedAdaptiveSoftmax
 from fairseq_awd.modules import adaptive_softmax as adaptive_softmax_module
+from fairseq_awd.modules.output_heads import AdaptiveSoftmaxHead, SoftmaxHead
 
 E, HID, B, T = 8, 12, 3, 9
 CUTOFF = "8,15,22"  # head [0, 8), tail clusters [8, 15), [15, 22), [22, 30)
@@ -165,16 +166,17 @@ def test_parameters_tied_untied_and_full(kind):
     untied = make_model(kind, untie_weights=True)
     full = make_model(kind, adaptive_softmax_cutoff=None)
     k = 3  # tail clusters
-    assert full.decoder.adaptive_output is None
+    assert isinstance(full.decoder.head, SoftmaxHead)
+    assert isinstance(tied.decoder.head, AdaptiveSoftmaxHead)
     # tying saves one whole (V, E) matrix; the only extra parameters are the cluster vectors
     assert n_params(untied) - n_params(tied) == V * E
     assert n_params(tied) - n_params(full) == k * (E + 1)
     dec = tied.decoder
-    assert dec.word_vectors is dec.embed_tokens.weight and dec.output_weight is None
-    assert sum(p is dec.embed_tokens.weight for p in tied.parameters()) == 1
+    assert dec.word_vectors is dec.encoder.embed_tokens.weight and dec.output_weight is None
+    assert sum(p is dec.encoder.embed_tokens.weight for p in tied.parameters()) == 1
     new_keys = set(tied.state_dict()) - set(full.state_dict())
-    assert new_keys == {"decoder.adaptive_output.cluster_weight",
-                        "decoder.adaptive_output.cluster_bias"}
+    assert new_keys == {"decoder.head.softmax.cluster_weight",
+                        "decoder.head.softmax.cluster_bias"}
 
 
 @pytest.mark.parametrize("kind", ["lstm", "qrnn"])
@@ -189,7 +191,7 @@ def test_probabilities_sum_to_one_and_nll_equals_full_softmax_nll(kind):
     assert lprobs.shape == (B, T, V)
     close(lprobs.exp().sum(-1), torch.ones(B, T), atol=1e-5)
     close(model.get_normalized_probs((out, extra), log_probs=False), lprobs.exp())
-    nll = model.decoder.adaptive_nll((out, extra), y)
+    nll = model.decoder.output_nll((out, extra), y)
     close(nll, -lprobs.gather(-1, y.unsqueeze(-1))[..., 0])
 
 
@@ -198,7 +200,7 @@ def test_untied_adaptive_softmax_with_another_output_size():
     model.eval()
     dec = model.decoder
     assert dec.word_vectors is dec.output_weight and dec.output_weight.shape == (V, 6)
-    assert dec.adaptive_output.cluster_weight.shape == (3, 6)
+    assert dec.head.softmax.cluster_weight.shape == (3, 6)
     out, extra = model(make_tokens())
     lprobs = model.get_normalized_probs((out, extra), log_probs=True)
     close(lprobs.exp().sum(-1), torch.ones(B, T))
@@ -220,7 +222,7 @@ def test_criterion_uses_the_adaptive_nll(monkeypatch):
         raise AssertionError("the criterion must not compute full-vocabulary log-probs")
 
     monkeypatch.setattr(model, "forward", recording_forward)
-    monkeypatch.setattr(model.decoder.adaptive_output, "log_prob", no_full_log_probs)
+    monkeypatch.setattr(model.decoder.head.softmax, "log_prob", no_full_log_probs)
     x, y = make_tokens(1), make_tokens(2)
     sample = {"net_input": {"src_tokens": x, "src_lengths": torch.full((B,), T)}, "target": y,
               "ntokens": y.numel(), "nsentences": B}
@@ -242,18 +244,18 @@ def test_gradient_reaches_the_shared_embedding_from_both_ends():
     model = make_model(dropoute=0.0)
     model.train()
     dec = model.decoder
-    weight = dec.embed_tokens.weight
+    weight = dec.encoder.embed_tokens.weight
     x = make_tokens(1, low=4, high=8)                    # inputs: rows 4..7 only
     y = make_tokens(2, low=15, high=22)                  # targets: cluster [15, 22) only
     y[:, 0] = 5                                          # and one head word
     out, extra = model(x)
     features = extra["dropped_output"]  # (T, B, E): what the softmax sees
-    nll = dec.adaptive_nll((out, extra), y).sum()
+    nll = dec.output_nll((out, extra), y).sum()
     total, d_features = torch.autograd.grad(nll, [weight, features], retain_graph=True)
     # output end: the word vectors, with the features held fixed
     fixed = features.detach().transpose(0, 1)
     output_end, = torch.autograd.grad(
-        dec.adaptive_output(fixed, y, weight, dec.output_bias).sum(), weight)
+        dec.head.softmax(fixed, y, weight, dec.output_bias).sum(), weight)
     # input end: through the embedding lookup and the recurrent layers
     input_end, = torch.autograd.grad(features, weight, grad_outputs=d_features)
     close(total, output_end + input_end)
@@ -294,7 +296,7 @@ def test_sequence_scorer_scores_are_exact_with_and_without_softmax_batches():
     y[0, -2:] = DICT.pad()
     sample = {"net_input": {"src_tokens": x, "src_lengths": torch.full((B,), T)}, "target": y}
     with torch.no_grad():
-        expected = -model.decoder.adaptive_nll(model(x), y, ignore_index=DICT.pad())
+        expected = -model.decoder.output_nll(model(x), y, ignore_index=DICT.pad())
     for softmax_batch in (None, 5):
         hypos = SequenceScorer(DICT, softmax_batch=softmax_batch).generate([model], dict(sample))
         for b in range(B):
@@ -319,7 +321,7 @@ def test_bad_cutoffs_raise_one_clear_error(cutoff, fragments):
 
 
 def test_empty_cutoff_is_the_full_softmax_and_bad_dropout_raises():
-    assert make_model(adaptive_softmax_cutoff="").decoder.adaptive_output is None
+    assert isinstance(make_model(adaptive_softmax_cutoff="").decoder.head, SoftmaxHead)
     with pytest.raises(FairseqAWDError, match="--adaptive-softmax-dropout"):
         make_model(adaptive_softmax_dropout=1.0)
 

@@ -4,6 +4,7 @@ gradual unfreezing, bad input, and training on TREC."""
 
 import shutil
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ CLASSIFY = [
     "--log-format", "json", "--log-interval", "1000", "--arch", "awd_lstm_classifier",
 ]
 TREC = SHARED_DATA / "trec" / "train_5500.label"
+LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy_checkpoint"
 
 
 def length_label(line: str) -> str:
@@ -78,13 +80,16 @@ def build(data, extra, task="sentence_prediction"):
 
 
 def lm_weights(path):
-    return {k[len("decoder."):]: v for k, v in load_model_state(path)["model"].items()}
+    """The entries of the LM decoder's encoder (``decoder.encoder.*``), without the prefix."""
+    prefix = "decoder.encoder."
+    return {k[len(prefix):]: v for k, v in load_model_state(path)["model"].items()
+            if k.startswith(prefix)}
 
 
 def assert_encoder_is_lm(encoder_state, lm, layers=("layers.0", "layers.1", "embed_tokens")):
     """The named parts of the encoder equal the LM's (embedding: the LM's rows)."""
     for key, value in lm.items():
-        if key.split(".")[0] in ("output_bias", "output_weight", "dictionary_fingerprint"):
+        if key == "dictionary_fingerprint":
             continue
         if key.startswith(layers):
             assert torch.equal(encoder_state[key][: value.size(0)], value), key
@@ -148,13 +153,28 @@ def test_pretrained_lm_weights_arrive(classification, lms, kind):
                                             "--pretrained-lm", str(lm_path)])
     lm = lm_weights(lm_path)
     state = model.encoder.state_dict()
-    expected = set(lm) - {"output_bias", "output_weight"}
-    assert set(state) == expected
+    assert set(state) == set(lm)
     assert_encoder_is_lm(state, lm)
     assert len(task.source_dictionary) == lm["embed_tokens.weight"].size(0) + 1  # + <mask>
     assert not torch.equal(state["embed_tokens.weight"][-1], torch.zeros(24))  # its own init
     assert list(model.parameters()) and all(
         layer_depth_of(p) is not None for p in model.parameters())
+
+
+def test_pretrained_lm_of_the_earlier_layout():
+    """An LM checkpoint written when the decoder was the encoder (keys ``decoder.embed_tokens.
+    weight``, ``decoder.layers.*``) still initializes the classifier's encoder."""
+    legacy = LEGACY / "lstm" / "checkpoint.pt"
+    old = load_model_state(legacy)["model"]
+    assert "decoder.embed_tokens.weight" in old  # the earlier layout
+    _, model, _ = build(LEGACY / "classifier_data", ["--pretrained-lm", str(legacy)],
+                        task="awd_sentence_prediction")
+    state = model.encoder.state_dict()
+    lm = {k[len("decoder."):]: v for k, v in old.items()
+          if k.startswith(("decoder.embed_tokens", "decoder.layers"))}
+    assert set(lm) < set(state)
+    for key, value in lm.items():
+        assert torch.equal(state[key][: value.size(0)], value), key
 
 
 @pytest.mark.parametrize("task", ["sentence_prediction", "awd_sentence_prediction"])
@@ -331,9 +351,10 @@ def test_language_model_fine_tuning_gets_discriminative_rates(lms):
     optimizer = optim.build_optimizer(cfg.optimizer, list(model.parameters()))
     depth = {id(p): g["layer_depth"] for g in optimizer.param_groups for p in g["params"]}
     decoder = model.decoder
-    assert depth[id(decoder.embed_tokens.weight)] == 0 and depth[id(decoder.output_bias)] == 0
-    assert {depth[id(p)] for p in decoder.layers[1].parameters()} == {1}
-    assert {depth[id(p)] for p in decoder.layers[0].parameters()} == {2}
+    assert depth[id(decoder.encoder.embed_tokens.weight)] == 0
+    assert depth[id(decoder.output_bias)] == 0
+    assert {depth[id(p)] for p in decoder.encoder.layers[1].parameters()} == {1}
+    assert {depth[id(p)] for p in decoder.encoder.layers[0].parameters()} == {2}
     assert len(depth) == len(list(model.parameters()))
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.01 / 2.6,
                                                                       0.01 / 2.6 ** 2])

@@ -123,7 +123,7 @@ def test_incremental_decoding_and_temperature_equal_the_full_forward():
 def test_tied_mos_allows_a_last_layer_of_any_size_and_bad_options_are_refused():
     model = make_model(mos_components=K, decoder_out_embed_dim=11)
     assert model.decoder.output_weight is None  # tied to the embedding
-    assert model.decoder.mos_output.latent.weight.shape == (K * 8, 11)
+    assert model.decoder.head.mixture.latent.weight.shape == (K * 8, 11)
     with pytest.raises(FairseqAWDError, match="--mos-components must be 0"):
         make_model(mos_components=-1)
     with pytest.raises(FairseqAWDError, match="do not go together"):

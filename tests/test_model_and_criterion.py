@@ -15,6 +15,7 @@ from fairseq import metrics
 from fairseq.data import Dictionary
 from torch import nn
 
+from fairseq_awd.checkpoint_compat import LEGACY_DECODER_ENTRIES
 from fairseq_awd.criterions.awd_cross_entropy import AWDCrossEntropyCriterion
 from fairseq_awd.dictionary_check import check_dictionary, dictionary_fingerprint
 from fairseq_awd.errors import FairseqAWDError
@@ -84,15 +85,17 @@ def test_tied_output_layer_uses_embedding_matrix(kind):
     dec = model.decoder
     assert V == 30
     assert dec.output_weight is None
+    embedding = dec.encoder.embed_tokens.weight
+    assert dec.word_vectors is embedding
     features = torch.randn(4, 2, E)
-    close(dec.output_layer(features), F.linear(features, dec.embed_tokens.weight, dec.output_bias))
+    close(dec.output_layer(features), F.linear(features, embedding, dec.output_bias))
     # the very same tensor: a change to the embedding shows in the output layer ...
     with torch.no_grad():
-        dec.embed_tokens.weight[7].add_(1.0)
-    close(dec.output_layer(features), F.linear(features, dec.embed_tokens.weight, dec.output_bias))
+        embedding[7].add_(1.0)
+    close(dec.output_layer(features), F.linear(features, embedding, dec.output_bias))
     # ... and the output layer's gradient lands on the embedding
     dec.output_layer(features).sum().backward()
-    close(dec.embed_tokens.weight.grad, features.reshape(-1, E).sum(0).expand(V, E))
+    close(embedding.grad, features.reshape(-1, E).sum(0).expand(V, E))
     untied = make_model(untie_weights=True, kind=kind)
     assert n_params(model) == n_params(untied) - V * E
 
@@ -103,8 +106,8 @@ def test_untied_output_layer_is_separate(kind):
     dec = model.decoder
     assert dec.output_weight is not None
     assert dec.output_weight.shape == (V, 6)
-    assert dec.output_weight.data_ptr() != dec.embed_tokens.weight.data_ptr()
-    assert dec.layers[-1].hidden_size == 6
+    assert dec.output_weight.data_ptr() != dec.encoder.embed_tokens.weight.data_ptr()
+    assert dec.encoder.layers[-1].hidden_size == 6
     model.eval()
     logits, extra = model(make_tokens())
     assert logits.shape == (B, T, V)
@@ -124,9 +127,31 @@ def test_tying_with_different_out_dim_raises(kind):
 
 def test_layer_sizes():
     dec = make_model(decoder_layers=3).decoder
-    assert [layer.lstm.input_size for layer in dec.layers] == [E, HID, HID]
-    assert [layer.hidden_size for layer in dec.layers] == [HID, HID, E]
-    assert all(layer.weight_dropout == 0.4 for layer in dec.layers)
+    assert [layer.lstm.input_size for layer in dec.encoder.layers] == [E, HID, HID]
+    assert [layer.hidden_size for layer in dec.encoder.layers] == [HID, HID, E]
+    assert all(layer.weight_dropout == 0.4 for layer in dec.encoder.layers)
+
+
+@pytest.mark.parametrize("kind,option,value,expected", [
+    (kind, option, value, f"--{option} must be in [0, 1), got {value}")
+    for kind in KINDS for option in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
+    for value in (-0.1, 1.0)
+] + [
+    ("qrnn", "zoneout", 1.0, "--zoneout must be in [0, 1), got 1.0"),
+    ("qrnn", "qrnn_window", 3, "--qrnn-window must be 1 or 2, got 3"),
+    ("lstm", "dropoutl", 1.5, "--dropoutl must be in [0, 1), got 1.5"),
+    ("lstm", "adaptive_softmax_dropout", 1.0,
+     "--adaptive-softmax-dropout must be in [0, 1), got 1.0"),
+])
+def test_an_option_out_of_range_is_one_error_naming_it(kind, option, value, expected):
+    """The modules check their arguments in their constructors (once); building the model
+    turns that into the error about the option."""
+    extra = {"mos_components": 2} if option == "dropoutl" else {}
+    if option == "adaptive_softmax_dropout":
+        extra = {"adaptive_softmax_cutoff": "10"}
+    with pytest.raises(FairseqAWDError) as err:
+        make_model(kind=kind, **{option: value}, **extra)
+    assert str(err.value) == expected
 
 
 # ---------------------------------------------------------------- outputs / dropout
@@ -319,7 +344,7 @@ def test_criterion_train_loss_is_nll_plus_regularizers():
     assert float(log["tar"]) == pytest.approx(ntokens * tar, rel=1e-5)
     assert log["ntokens"] == ntokens and log["nsentences"] == B
     loss.backward()
-    assert model.decoder.embed_tokens.weight.grad is not None
+    assert model.decoder.encoder.embed_tokens.weight.grad is not None
 
 
 def test_criterion_ignores_padding():
@@ -386,17 +411,20 @@ def test_reduce_metrics_eval_logs_have_no_regularizers():
 # ---------------------------------------------------------------- dictionary fingerprint
 
 
+@pytest.mark.parametrize("layout", ["current", "legacy"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_dictionary_fingerprint_mismatch_raises(kind):
+def test_dictionary_fingerprint_mismatch_raises(kind, layout):
     trained = make_model(seed=0, kind=kind)
+    keys = (lambda state: state) if layout == "current" else legacy_layout
     same = make_model(seed=1, kind=kind)
-    same.load_state_dict(trained.state_dict())  # same dictionary: fine
-    close(same.decoder.embed_tokens.weight, trained.decoder.embed_tokens.weight, atol=0)
+    same.load_state_dict(keys(trained.state_dict()))  # same dictionary: fine
+    close(same.decoder.encoder.embed_tokens.weight,
+          trained.decoder.encoder.embed_tokens.weight, atol=0)
     swapped_dict = make_dictionary(swap=(3, 11))
     assert len(swapped_dict) == len(DICT)
     other = make_model(seed=1, dictionary=swapped_dict, kind=kind)
     with pytest.raises(FairseqAWDError) as err:
-        other.load_state_dict(trained.state_dict())
+        other.load_state_dict(keys(trained.state_dict()))
     assert "--srcdict" in str(err.value)
 
 
@@ -421,17 +449,19 @@ def test_one_dictionary_check():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_decoder_is_the_encoder_under_its_output_layer(kind):
-    """The LM decoder is an AWDEncoder whose entries keep their names: a plain AWDEncoder
-    loads them (strictly) and computes the decoder's features."""
+def test_decoder_holds_the_encoder_under_its_output_head(kind):
+    """The LM decoder holds an AWDEncoder (``encoder``) and one output head: a plain
+    AWDEncoder loads the ``encoder.*`` entries (strictly) and computes the features."""
     model = make_model(kind=kind, untie_weights=True).eval()
     decoder = model.decoder
-    assert isinstance(decoder, AWDEncoder)
+    assert type(decoder.encoder) is AWDEncoder and not isinstance(decoder, AWDEncoder)
     encoder = AWDEncoder(nn.Embedding(V, E, DICT.pad()),
-                         [type(layer)(**layer_args(layer)) for layer in decoder.layers])
+                         [type(layer)(**layer_args(layer)) for layer in decoder.encoder.layers])
     own = decoder.state_dict()
-    assert set(own) - set(encoder.state_dict()) == {"output_weight", "output_bias"}
-    encoder.load_state_dict({k: own[k] for k in encoder.state_dict()}, strict=True)
+    assert set(own) - {f"encoder.{k}" for k in encoder.state_dict()} == {
+        "output_weight", "output_bias"}  # the full softmax head has no weights of its own
+    encoder.load_state_dict({k: own[f"encoder.{k}"] for k in encoder.state_dict()},
+                            strict=True)
     encoder.eval()
     tokens = make_tokens()
     features, raw, _ = decoder.extract_features(tokens)
@@ -439,6 +469,37 @@ def test_decoder_is_the_encoder_under_its_output_layer(kind):
     close(features, expected, atol=0)
     close(raw, expected_raw, atol=0)
     assert {n for n, _ in model.named_parameters()} <= set(model.state_dict())
+
+
+LEGACY_NAMES = {new: old for old, new in LEGACY_DECODER_ENTRIES.items()}
+
+
+def legacy_layout(state_dict):
+    """``state_dict`` under the keys of the time the decoder was the encoder."""
+    renamed = {}
+    for key, value in state_dict.items():
+        for new, old in LEGACY_NAMES.items():
+            if key.startswith(f"decoder.{new}."):
+                key = f"decoder.{old}.{key[len(f'decoder.{new}.'):]}"
+            elif key == f"decoder.{new}":
+                key = f"decoder.{old}"
+        renamed[key] = value
+    return renamed
+
+
+@pytest.mark.parametrize("kind,options", [
+    ("lstm", {}), ("lstm", {"adaptive_softmax_cutoff": "8,15"}),
+    ("lstm", {"mos_components": 2, "untie_weights": True}), ("qrnn", {"untie_weights": True})])
+def test_a_state_dict_of_the_earlier_layout_loads_strictly(kind, options):
+    trained = make_model(seed=0, kind=kind, **options).eval()
+    old = legacy_layout(trained.state_dict())
+    assert "decoder.embed_tokens.weight" in old and not any(".encoder." in k for k in old)
+    model = make_model(seed=1, kind=kind, **options).eval()
+    model.load_state_dict(old, strict=True)
+    for key, value in trained.state_dict().items():
+        close(model.state_dict()[key], value, atol=0)
+    tokens = make_tokens()
+    close(model(tokens)[0], trained(tokens)[0], atol=0)
 
 
 def layer_args(layer):

@@ -253,12 +253,6 @@ def test_embedding_dropout_gradient_zero_for_dropped_rows():
     assert saw_dropped and saw_kept
 
 
-@pytest.mark.parametrize("p", [-0.1, 1.0])
-def test_embedding_dropout_invalid_p(p):
-    with pytest.raises(ValueError):
-        embedding_dropout(make_embed(), torch.tensor([1]), p, True)
-
-
 # ---------------------------------------------------------------- locked dropout
 
 
@@ -305,11 +299,6 @@ def test_locked_dropout_rejects_non_3d(shape):
     drop = LockedDropout().train()
     with pytest.raises(ValueError):
         drop(torch.ones(shape), 0.5)
-
-
-def test_locked_dropout_invalid_p():
-    with pytest.raises(ValueError):
-        LockedDropout().train()(torch.ones(2, 2, 2), 1.0)
 
 
 # ---------------------------------------------------------------- the AWD encoder
@@ -369,11 +358,19 @@ def test_awd_encoder_state_continues_the_sequence(kind):
     close(torch.cat([first, second]), whole, atol=1e-5)
 
 
-def test_awd_encoder_rejects_bad_arguments():
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+@pytest.mark.parametrize("name", sorted(ENC_DROPOUTS))
+def test_awd_encoder_checks_its_rates_once_in_its_constructor(name, p):
+    """The rates are checked when the encoder is built (the message starts with the
+    argument's name, which the models turn into the option's); ``embedding_dropout`` and
+    ``LockedDropout`` do not check them again on every call."""
+    with pytest.raises(ValueError, match=rf"^{name} must be in \[0, 1\), got {p}$"):
+        AWDEncoder(nn.Embedding(4, 2), [WeightDropLSTM(2, 2, 0.0)], **{name: p})
+
+
+def test_awd_encoder_needs_a_layer():
     with pytest.raises(ValueError):
         AWDEncoder(nn.Embedding(4, 2), [])
-    with pytest.raises(ValueError):
-        AWDEncoder(nn.Embedding(4, 2), [WeightDropLSTM(2, 2, 0.0)], dropouth=1.0)
 
 
 # ---------------------------------------------------------------- AR / TAR

@@ -34,7 +34,7 @@ RECIPES = {
         "'decoder_layers': 3, 'decoder_out_embed_dim': 620, 'untie_weights': False, "
         "'dropout': 0.4, 'dropouth': 0.225, 'dropouti': 0.4, 'dropoute': 0.1, 'wdrop': 0.5",
         "'mos_components': 15, 'dropoutl': 0.29", "'seed': 28", "'lr': [20.0]",
-        "(mos_output): MixtureOfSoftmaxes(",
+        "(mixture): MixtureOfSoftmaxes(",
         "(latent): Linear(in_features=620, out_features=4200, bias=True)"]),
     # the paper-sized WikiText-103 model does not fit tiny data: options after the recipe's
     # override them

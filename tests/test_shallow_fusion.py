@@ -148,7 +148,7 @@ def test_mixture_of_softmaxes_lm_fuses_and_rescores(setup):
         mt.data, mt.checkpoint, "--lm-path", str(checkpoint), "--lm-weight", "0.5"))
     _assert_same(incremental, plain, atol=1e-4)
     hub = load_lm(str(checkpoint), str(root / "lm-bin"), cpu=True)
-    assert hub.models[0].decoder.mos_output is not None
+    assert hub.models[0].decoder.head.mixture is not None
     sentences = [text for hyps in plain.values() for _, text in hyps][:12]
     scores = LMScorer(hub, batch_size=5).score(sentences, include_eos=False)
     with torch.no_grad():

@@ -10,6 +10,7 @@ from fairseq_awd.models.awd_rnn import (
     AWDRNNDecoder,
     AWDRNNLanguageModel,
     apply_defaults,
+    option_errors,
     wikitext103_setting,
 )
 from fairseq_awd.modules import WeightDropLSTM
@@ -32,7 +33,8 @@ class AWDLSTMDecoder(AWDRNNDecoder):
 
     @classmethod
     def build_layer(cls, index: int, input_size: int, output_size: int, cfg) -> nn.Module:
-        return WeightDropLSTM(input_size, output_size, cfg.wdrop)
+        with option_errors({"weight dropout": "--wdrop"}):
+            return WeightDropLSTM(input_size, output_size, cfg.wdrop)
 
 
 @register_model("awd_lstm_lm", dataclass=AWDLSTMConfig)

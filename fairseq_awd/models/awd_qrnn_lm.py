@@ -6,11 +6,11 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.models import register_model, register_model_architecture
 from torch import nn
 
-from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.models.awd_rnn import (
     AWDRNNConfig,
     AWDRNNDecoder,
     AWDRNNLanguageModel,
+    option_errors,
     wikitext103_setting,
 )
 from fairseq_awd.modules import QRNNLayer
@@ -47,13 +47,11 @@ class AWDQRNNDecoder(AWDRNNDecoder):
 
     @classmethod
     def build_layer(cls, index: int, input_size: int, output_size: int, cfg) -> nn.Module:
-        if cfg.qrnn_window not in (1, 2):
-            raise FairseqAWDError(f"--qrnn-window must be 1 or 2, got {cfg.qrnn_window}")
-        if not 0.0 <= cfg.zoneout < 1.0:
-            raise FairseqAWDError(f"--zoneout must be in [0, 1), got {cfg.zoneout}")
         window = cfg.qrnn_window if index == 0 else 1
-        return QRNNLayer(input_size, output_size, window, str(cfg.qrnn_pooling), cfg.zoneout,
-                         cfg.wdrop)
+        with option_errors({"QRNN window": "--qrnn-window", "QRNN zoneout": "--zoneout",
+                            "QRNN weight_drop": "--wdrop", "QRNN pooling": "--qrnn-pooling"}):
+            return QRNNLayer(input_size, output_size, window, str(cfg.qrnn_pooling),
+                             cfg.zoneout, cfg.wdrop)
 
 
 @register_model("awd_qrnn_lm", dataclass=AWDQRNNConfig)

@@ -1,22 +1,30 @@
 """What AWD-LSTM and AWD-QRNN share (Merity, Keskar and Socher 2017, arXiv 1708.02182;
 2018, arXiv 1803.08240): the AWD encoder (``fairseq_awd.modules.AWDEncoder``: embedding and
-locked dropout around a stack of recurrent layers) under a tied softmax (full, or adaptive
-for large vocabularies), stream state for stateful BPTT and incremental state for
-generation."""
+locked dropout around a stack of recurrent layers) under a tied output head (full softmax,
+adaptive softmax for large vocabularies, or a mixture of softmaxes), stream state for
+stateful BPTT and incremental state for generation."""
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from fairseq.data import Dictionary
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel
 from torch import nn
 
+from fairseq_awd.checkpoint_compat import upgrade_decoder_state_dict
 from fairseq_awd.dictionary_check import check_dictionary, dictionary_fingerprint
 from fairseq_awd.errors import FairseqAWDError
-from fairseq_awd.modules import AWDEncoder, LayerStates, MixtureOfSoftmaxes, TiedAdaptiveSoftmax
+from fairseq_awd.modules import (
+    AdaptiveSoftmaxHead,
+    AWDEncoder,
+    LayerStates,
+    MixtureOfSoftmaxesHead,
+    OutputHead,
+    SoftmaxHead,
+)
 from fairseq_awd.modules.adaptive_softmax import check_cutoffs
 from fairseq_awd.optim.discriminative_adam import set_layer_depth
 
@@ -119,10 +127,31 @@ def wikitext103_setting(args) -> None:
                    dropout=0.1, wdrop=0.0, adaptive_softmax_cutoff="2800,20000,76000")
 
 
+@contextlib.contextmanager
+def option_errors(options: Dict[str, str]) -> Iterator[None]:
+    """Turn a module constructor's ``ValueError`` about one of its arguments into the
+    one-line FairseqAWDError about the command-line option that set it.
+
+    ``options`` maps the start of the modules' messages (the argument's name, e.g.
+    ``"dropout"``) to the option (``"--dropoutl"``): ``"dropout must be in [0, 1), got
+    1.5"`` becomes ``"--dropoutl must be in [0, 1), got 1.5"``. The modules check their
+    arguments, once, in their constructors; other errors pass unchanged."""
+    try:
+        yield
+    except FairseqAWDError:
+        raise
+    except ValueError as err:
+        message = str(err)
+        for argument, option in options.items():
+            if message.startswith(argument + " "):
+                raise FairseqAWDError(option + message[len(argument):]) from None
+        raise
+
+
 def check_state_dict_dictionary(state_dict: Dict[str, torch.Tensor], prefix: str,
                                 dictionary: Dictionary) -> None:
     """Raise FairseqAWDError if the AWD encoder in ``state_dict`` (keys under ``prefix``,
-    e.g. ``"decoder."``) was trained with another dictionary than ``dictionary``."""
+    e.g. ``"decoder.encoder."``) was trained with another dictionary than ``dictionary``."""
     key = prefix + "dictionary_fingerprint"
     if key not in state_dict:
         return
@@ -142,12 +171,10 @@ def encoder_arguments(dictionary: Dictionary, cfg: AWDRNNConfig,
     ``--decoder-layers`` layers ``build_layer(index, input_size, output_size, cfg)`` (input
     of layer 0: ``--decoder-embed-dim``; between layers: ``--decoder-hidden-size``; output
     of the top layer: ``--decoder-out-embed-dim``, by default the embedding size), the
-    dropouts and the dictionary's fingerprint. FairseqAWDError for an option out of range."""
+    dropouts and the dictionary's fingerprint. The dropouts are checked by ``AWDEncoder``
+    (see ``build_encoder``), the layers' options by the layers' constructors."""
     if cfg.decoder_layers < 1:
         raise FairseqAWDError("--decoder-layers must be at least 1")
-    for option in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
-        if not 0.0 <= getattr(cfg, option, 0.0) < 1.0:
-            raise FairseqAWDError(f"--{option} must be in [0, 1), got {getattr(cfg, option)}")
     embed_tokens = nn.Embedding(len(dictionary), cfg.decoder_embed_dim, dictionary.pad())
     sizes = [cfg.decoder_embed_dim] + [cfg.decoder_hidden_size] * (cfg.decoder_layers - 1)
     sizes.append(cfg.decoder_out_embed_dim or cfg.decoder_embed_dim)
@@ -155,6 +182,49 @@ def encoder_arguments(dictionary: Dictionary, cfg: AWDRNNConfig,
     return {"embed_tokens": embed_tokens, "layers": layers, "dropout": cfg.dropout,
             "dropouth": cfg.dropouth, "dropouti": cfg.dropouti, "dropoute": cfg.dropoute,
             "fingerprint": dictionary_fingerprint(dictionary)}
+
+
+def build_encoder(arguments: Dict[str, Any]) -> AWDEncoder:
+    """``AWDEncoder(**arguments)`` (see ``encoder_arguments``); a rate out of range is the
+    FairseqAWDError naming its option (``--dropouth must be in [0, 1), got 1.0``)."""
+    with option_errors({name: f"--{name}" for name in
+                        ("dropout", "dropouth", "dropouti", "dropoute")}):
+        return AWDEncoder(**arguments)
+
+
+def build_output_head(cfg: AWDRNNConfig, vocab_size: int) -> OutputHead:
+    """The output head for ``cfg``, the one place that picks it: a mixture of softmaxes
+    with ``--mos-components``, a tied adaptive softmax with ``--adaptive-softmax-cutoff``,
+    the full softmax otherwise. FairseqAWDError for options that do not fit."""
+    out_dim = cfg.decoder_out_embed_dim or cfg.decoder_embed_dim
+    mos_components = getattr(cfg, "mos_components", 0) or 0
+    cutoffs = parse_adaptive_softmax_cutoff(getattr(cfg, "adaptive_softmax_cutoff", None),
+                                            vocab_size)
+    if mos_components < 0:
+        raise FairseqAWDError(f"--mos-components must be 0 (one softmax) or the number of "
+                              f"softmaxes to mix, got {mos_components}")
+    if mos_components and cutoffs is not None:
+        raise FairseqAWDError("--mos-components and --adaptive-softmax-cutoff do not go "
+                              "together (the mixture needs every word's logit in each "
+                              "component): drop one of them")
+    if mos_components:
+        dropoutl = getattr(cfg, "dropoutl", None)
+        with option_errors({"dropout": "--dropoutl"}):
+            head = MixtureOfSoftmaxesHead(out_dim, cfg.decoder_embed_dim, mos_components,
+                                          cfg.dropouth if dropoutl is None else dropoutl)
+    elif cutoffs is not None:
+        with option_errors({"dropout": "--adaptive-softmax-dropout"}):
+            head = AdaptiveSoftmaxHead(vocab_size, out_dim, cutoffs,
+                                       getattr(cfg, "adaptive_softmax_dropout", 0.0))
+    else:
+        head = SoftmaxHead(out_dim)
+    if not cfg.untie_weights and head.word_dim != cfg.decoder_embed_dim:
+        raise FairseqAWDError(
+            f"cannot tie weights: --decoder-out-embed-dim {out_dim} differs from "
+            f"--decoder-embed-dim {cfg.decoder_embed_dim}; make them equal or pass "
+            "--untie-weights"
+        )
+    return head
 
 
 def tag_layer_depths(model: nn.Module, groups: List[List[nn.Parameter]]) -> None:
@@ -169,43 +239,28 @@ def tag_layer_depths(model: nn.Module, groups: List[List[nn.Parameter]]) -> None
     assert tagged == len(list(model.parameters())), "a parameter is in no layer group"
 
 
-class AWDRNNDecoder(AWDEncoder, FairseqIncrementalDecoder):
-    """The AWD encoder (embedding, dropouts, stack of recurrent layers) -> (tied) softmax.
+class AWDRNNDecoder(FairseqIncrementalDecoder):
+    """The AWD encoder (``encoder``: embedding, dropouts, stack of recurrent layers) under
+    one output head (``head``, a ``fairseq_awd.modules.output_heads.OutputHead``).
 
-    The decoder is an ``AWDEncoder`` (a subclass, not a holder of one) so that the
-    encoder's modules sit on the decoder itself: their state-dict keys are the ones AWD
-    checkpoints have always had (``decoder.embed_tokens.weight``, ``decoder.layers.0.*``,
-    ``decoder.dictionary_fingerprint``), the LM's encoder weights are exactly what a
-    classifier's ``encoder`` (a plain ``AWDEncoder``) loads, and parameter names are those
-    keys. The output layer (``output_weight``, ``output_bias``, ``adaptive_output``,
-    ``mos_output``) and
-    the carried state are the decoder's own.
+    The head reads the output word vectors ``word_vectors`` ``(V, D)`` (the encoder's
+    embedding matrix itself when tied, else ``output_weight``) and the biases
+    ``output_bias`` ``(V,)``, which the decoder owns and passes to it: every head shares
+    them. Entries: ``encoder.*`` (what a classifier's ``encoder`` loads), ``head.*``,
+    ``output_weight`` (untied only) and ``output_bias``; checkpoints of the earlier layout
+    (the decoder was the encoder) are renamed on load (``upgrade_state_dict_named``).
 
     Subclasses build the layers (``build_layer``); each is called as
     ``output, state = layer(input, state)`` with ``state`` a pair of ``(1, B, size)``
     tensors or None. Tokens come in batch-major ``(B, T)``; the layers run time-major
     ``(T, B, C)``.
 
-    ``forward`` returns ``(logits (B, T, V), extra)`` where ``extra`` holds the last
-    layer's output before (``raw_output``) and after (``dropped_output``) its locked
-    dropout, both ``(T, B, C)``, for the AR and TAR regularizers.
-
-    With ``--adaptive-softmax-cutoff`` the output layer is a ``TiedAdaptiveSoftmax``
-    (``adaptive_output``) over the rows of the embedding (or of the untied output
-    matrix), and ``forward``'s first output is not logits but ``[h ; 1]`` ``(B, T, C + 1)``:
-    the features ``h`` with a column of ones. fairseq's generator applies ``--temperature``
-    by dividing that output in place, so the last column carries ``1 / temperature`` to
-    ``get_normalized_probs``, which returns the exact ``log_softmax(log p / temperature)``
-    over the whole vocabulary. The criterion gets the NLL from ``adaptive_nll`` without
-    computing full-vocabulary probabilities. The attribute is not called
-    ``adaptive_softmax``: fairseq's own code paths for that name expect
-    ``fairseq.modules.AdaptiveSoftmax``.
-
-    With ``--mos-components K`` the output layer is a ``MixtureOfSoftmaxes``
-    (``mos_output``, Yang et al. 2017) over the same word vectors, and ``forward``'s first
-    output is its packed contexts and prior logits with the same column of ones, ``(B, T,
-    K * D + K + 1)``; ``get_normalized_probs`` mixes the K softmaxes exactly, and
-    ``output_nll`` (what the criterion calls) needs no ``(B, T, V)`` distribution.
+    ``forward`` returns ``(output, extra)``: ``output`` is the head's packed output ``(B, T,
+    P)`` (logits ``(B, T, V)`` for the full softmax; see ``output_heads`` for the others and
+    for ``--temperature``), ``extra`` holds the last layer's output before (``raw_output``)
+    and after (``dropped_output``) its locked dropout, both ``(T, B, C)``, for the AR and TAR
+    regularizers. ``get_normalized_probs`` gives exact ``(B, T, V)`` (log-)probabilities;
+    ``output_nll`` (what the criterion calls) the NLL, without them where the head allows.
 
     Recurrent state is carried in two ways: fairseq's ``incremental_state`` (one token
     per call, reorderable for beam search), and named *streams* for stateful BPTT: a
@@ -216,54 +271,22 @@ class AWDRNNDecoder(AWDEncoder, FairseqIncrementalDecoder):
     carries_stream_state = True
 
     def __init__(self, dictionary: Dictionary, cfg: AWDRNNConfig):
-        out_dim = cfg.decoder_out_embed_dim or cfg.decoder_embed_dim
-        tied = not cfg.untie_weights
-        mos_components = getattr(cfg, "mos_components", 0) or 0
-        if mos_components < 0:
-            raise FairseqAWDError(f"--mos-components must be 0 (one softmax) or the number of "
-                                  f"softmaxes to mix, got {mos_components}")
-        if mos_components and getattr(cfg, "adaptive_softmax_cutoff", None):
-            raise FairseqAWDError("--mos-components and --adaptive-softmax-cutoff do not go "
-                                  "together (the mixture needs every word's logit in each "
-                                  "component): drop one of them")
-        dropoutl = getattr(cfg, "dropoutl", None)
-        dropoutl = cfg.dropouth if dropoutl is None else dropoutl
-        if not 0.0 <= dropoutl < 1.0:
-            raise FairseqAWDError(f"--dropoutl must be in [0, 1), got {dropoutl}")
-        # The word vectors' size: the mixture's contexts have the embedding's size.
-        word_dim = cfg.decoder_embed_dim if mos_components else out_dim
-        if tied and word_dim != cfg.decoder_embed_dim:
-            raise FairseqAWDError(
-                f"cannot tie weights: --decoder-out-embed-dim {out_dim} differs from "
-                f"--decoder-embed-dim {cfg.decoder_embed_dim}; make them equal or pass "
-                "--untie-weights"
-            )
-        adaptive_dropout = getattr(cfg, "adaptive_softmax_dropout", 0.0)
-        if not 0.0 <= adaptive_dropout < 1.0:
-            raise FairseqAWDError(
-                f"--adaptive-softmax-dropout must be in [0, 1), got {adaptive_dropout}"
-            )
-        cutoffs = parse_adaptive_softmax_cutoff(
-            getattr(cfg, "adaptive_softmax_cutoff", None), len(dictionary)
-        )
-        encoder = encoder_arguments(dictionary, cfg, self.build_layer)
-        # Made in the order the weights were always drawn in (embedding, layers, adaptive
-        # softmax, then the encoder's embedding init): a seed gives the same model as before.
-        adaptive_output = None
-        if cutoffs is not None:
-            adaptive_output = TiedAdaptiveSoftmax(len(dictionary), out_dim, cutoffs,
-                                                  adaptive_dropout)
-        super().__init__(**encoder, dictionary=dictionary)
+        super().__init__(dictionary)
         self.cfg = cfg
-        self.output_weight = None if tied else nn.Parameter(torch.empty(len(dictionary), word_dim))
+        # The weights are drawn in the order they always were: embedding, layers, the
+        # head's constructor, the encoder's embedding init, the head's reset_parameters,
+        # the untied word vectors. A seed gives the same model as before.
+        arguments = encoder_arguments(dictionary, cfg, self.build_layer)
+        head = build_output_head(cfg, len(dictionary))
+        self.output_weight = (None if not cfg.untie_weights
+                              else nn.Parameter(torch.empty(len(dictionary), head.word_dim)))
         self.output_bias = nn.Parameter(torch.zeros(len(dictionary)))
-        self.adaptive_output = adaptive_output
-        self.mos_output = None
-        if mos_components:
-            self.mos_output = MixtureOfSoftmaxes(out_dim, word_dim, mos_components, dropoutl)
-        self._streams: Dict[str, LayerStates] = {}
+        self.encoder = build_encoder(arguments)
+        self.head = head
+        head.reset_parameters()
         if self.output_weight is not None:
             nn.init.uniform_(self.output_weight, -0.1, 0.1)
+        self._streams: Dict[str, LayerStates] = {}
 
     @classmethod
     def build_layer(cls, index: int, input_size: int, output_size: int, cfg) -> nn.Module:
@@ -292,7 +315,7 @@ class AWDRNNDecoder(AWDEncoder, FairseqIncrementalDecoder):
         else:
             state = None
 
-        x, raw_output, new_state = self.extract_features(tokens, state)
+        x, raw_output, new_state = self.encoder(tokens, state)
         if incremental_state is not None:
             self._set_cached_state(incremental_state, new_state)
         elif stream_id is not None:
@@ -301,71 +324,46 @@ class AWDRNNDecoder(AWDEncoder, FairseqIncrementalDecoder):
         return out, {"attn": None, "raw_output": raw_output, "dropped_output": x}
 
     def extract_features(self, tokens: torch.Tensor, state: Optional[LayerStates] = None):
-        """The encoder's forward (``AWDEncoder.forward``; this class's ``forward`` is the
-        decoder's) on ``tokens (B, T)``.
-
-        Returns ``(dropped_output, raw_output, new_state)``: the last layer's output
-        after and before its locked dropout, each ``(T, B, C)``, and the per-layer
-        states.
-        """
-        return AWDEncoder.forward(self, tokens, state)
+        """The encoder on ``tokens (B, T)``: ``(dropped_output, raw_output, new_state)``,
+        the last layer's output after and before its locked dropout, each ``(T, B, C)``,
+        and the per-layer states."""
+        return self.encoder(tokens, state)
 
     @property
     def word_vectors(self) -> torch.Tensor:
-        """The output word vectors ``(V, C)``: the embedding matrix itself when tied."""
-        return self.embed_tokens.weight if self.output_weight is None else self.output_weight
+        """The output word vectors ``(V, D)``: the embedding matrix itself when tied."""
+        if self.output_weight is None:
+            return self.encoder.embed_tokens.weight
+        return self.output_weight
 
     def output_layer(self, features: torch.Tensor) -> torch.Tensor:
-        """Time-major ``(T, B, C)`` features -> logits ``(T, B, V)``; with the adaptive
-        softmax, the features with a column of ones appended, ``(T, B, C + 1)``; with the
-        mixture of softmaxes, its packed contexts and a column of ones, ``(T, B, K * D + K
-        + 1)`` (see the class doc)."""
-        if self.mos_output is not None:
-            features = self.mos_output.contexts(features)
-        elif self.adaptive_output is None:
-            return F.linear(features, self.word_vectors, self.output_bias)
-        return torch.cat([features, features.new_ones(*features.shape[:-1], 1)], dim=-1)
+        """Time-major features ``(T, B, C)`` -> the head's packed output ``(T, B, P)``."""
+        return self.head.output(features, self.word_vectors, self.output_bias)
 
     def output_nll(self, net_output: Tuple[torch.Tensor, Any], target: torch.Tensor,
                    ignore_index: int = -100) -> torch.Tensor:
         """``-log p(target)`` of each position, ``(B, T)`` (0 where ``target ==
         ignore_index``), from ``forward``'s output and ``target (B, T)``, without the
-        full-vocabulary distribution where the output layer allows it."""
-        if self.adaptive_output is not None:
-            return self.adaptive_nll(net_output, target, ignore_index)
-        if self.mos_output is not None:
-            return self.mos_output(net_output[0][..., :-1], target, self.word_vectors,
-                                   self.output_bias, ignore_index=ignore_index)
-        logits = net_output[0]
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1),
-                               ignore_index=ignore_index, reduction="none").view(target.shape)
-
-    def adaptive_nll(self, net_output: Tuple[torch.Tensor, Any], target: torch.Tensor,
-                     ignore_index: int = -100) -> torch.Tensor:
-        """Adaptive-softmax NLL ``-log p(target)`` of each position, ``(B, T)`` (0 where
-        ``target == ignore_index``), from ``forward``'s output and ``target (B, T)``."""
-        if self.adaptive_output is None:
-            raise RuntimeError("adaptive_nll needs a model built with --adaptive-softmax-cutoff")
-        features = net_output[0][..., :-1]
-        return self.adaptive_output(features, target, self.word_vectors, self.output_bias,
-                                    ignore_index=ignore_index)
+        full-vocabulary distribution where the output head allows it."""
+        return self.head.nll(net_output[0], target, self.word_vectors, self.output_bias,
+                             ignore_index=ignore_index)
 
     def get_normalized_probs_scriptable(self, net_output: Tuple[torch.Tensor, Any],
                                         log_probs: bool,
                                         sample: Optional[Dict[str, torch.Tensor]] = None
                                         ) -> torch.Tensor:
-        """(Log-)probabilities ``(B, T, V)`` over the whole vocabulary; exact with the
-        adaptive softmax and the mixture of softmaxes too (``sample``'s target is not used)."""
-        head = self.adaptive_output if self.mos_output is None else self.mos_output
-        if head is None:
-            return super().get_normalized_probs_scriptable(net_output, log_probs, sample)
-        x = net_output[0]
-        inv_temperature = x[..., -1:]
-        features = x[..., :-1] / inv_temperature
-        lprobs = head.log_prob(features, self.word_vectors, self.output_bias)
-        if not bool(inv_temperature.eq(1).all()):
-            lprobs = torch.log_softmax(lprobs * inv_temperature.float(), dim=-1)
-        return lprobs if log_probs else lprobs.exp_()
+        """(Log-)probabilities ``(B, T, V)`` over the whole vocabulary, exact for every head
+        (``sample``'s target is not used)."""
+        lprobs = self.head.log_probs(net_output[0], self.word_vectors, self.output_bias)
+        return lprobs if log_probs else lprobs.exp()
+
+    def upgrade_state_dict_named(self, state_dict: Dict[str, torch.Tensor], name: str):
+        """Rename the entries of a checkpoint written when the decoder was the encoder
+        (``decoder.embed_tokens.weight`` -> ``decoder.encoder.embed_tokens.weight``, ...;
+        ``fairseq_awd.checkpoint_compat.upgraded_decoder_key``). fairseq calls this before
+        loading a state dict."""
+        upgrade_decoder_state_dict(state_dict, f"{name}." if name else "")
+        return state_dict
 
     def max_positions(self) -> int:
         return DEFAULT_MAX_POSITIONS
@@ -374,7 +372,7 @@ class AWDRNNDecoder(AWDEncoder, FairseqIncrementalDecoder):
         cached = self.get_incremental_state(incremental_state, "rnn_state")
         if cached is None:
             return None
-        return [(cached[f"{i}a"], cached[f"{i}b"]) for i in range(len(self.layers))]
+        return [(cached[f"{i}a"], cached[f"{i}b"]) for i in range(len(self.encoder.layers))]
 
     def _set_cached_state(self, incremental_state, state: LayerStates) -> None:
         flat = {}
@@ -412,10 +410,11 @@ class AWDRNNLanguageModel(FairseqLanguageModel):
         """The parameters by depth, top first, for discriminative fine-tuning (ULMFiT
         eq. 2): ``[embedding and output layer (tied)], [top layer], ..., [lowest layer]``."""
         decoder = self.decoder
-        layers = [list(layer.parameters()) for layer in reversed(decoder.layers)]
+        layers = [list(layer.parameters()) for layer in reversed(decoder.encoder.layers)]
         in_layers = {id(p) for group in layers for p in group}
         return [[p for p in decoder.parameters() if id(p) not in in_layers], *layers]
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        check_state_dict_dictionary(state_dict, "decoder.", self.decoder.dictionary)
+        self.upgrade_state_dict(state_dict)  # old keys renamed (fairseq does it again: no-op)
+        check_state_dict_dictionary(state_dict, "decoder.encoder.", self.decoder.dictionary)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)

@@ -23,11 +23,13 @@ from fairseq.models import ARCH_MODEL_NAME_REGISTRY, BaseFairseqModel
 from omegaconf import II
 from torch import nn
 
+from fairseq_awd.checkpoint_compat import upgrade_decoder_state_dict
 from fairseq_awd.dictionary_check import check_dictionary
 from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.models.awd_rnn import (
     DEFAULT_MAX_POSITIONS,
     AWDRNNDecoder,
+    build_encoder,
     check_state_dict_dictionary,
     encoder_arguments,
     tag_layer_depths,
@@ -39,6 +41,8 @@ logger = logging.getLogger(__name__)
 # Symbols a classification dictionary may have after the LM's: fairseq's sentence_prediction
 # task appends "<mask>" to input0/dict.txt.
 EXTRA_SYMBOLS = {"<mask>"}
+# Where an AWD LM's state dict keeps its encoder's entries.
+LM_ENCODER = "decoder.encoder."
 
 
 @dataclass
@@ -81,7 +85,8 @@ def load_lm_checkpoint(path: str, expected_model: str
                        ) -> Tuple[Dict[str, torch.Tensor], Any, bool]:
     """``(model state dict, model config, reversed)`` of an ``expected_model`` checkpoint at
     ``path``, ``reversed`` True for a backward LM (``--reverse-tokens``); FairseqAWDError if
-    the file is missing or holds another kind of model."""
+    the file is missing or holds another kind of model. The state dict has the current
+    keys (the encoder's under ``decoder.encoder.``), whatever version wrote the file."""
     fix = f"give a checkpoint written by fairseq-train --task awd_language_modeling " \
           f"--arch {expected_model}"
     if not os.path.isfile(path):
@@ -100,6 +105,7 @@ def load_lm_checkpoint(path: str, expected_model: str
         raise FairseqAWDError(f"--pretrained-lm {path} holds model {found}, but this "
                               f"classifier's encoder needs {expected_model}; {fix}")
     task_cfg = state["cfg"]["task"] if state.get("cfg") is not None else state.get("args")
+    upgrade_decoder_state_dict(state["model"])
     return state["model"], model_cfg, bool(getattr(task_cfg, "reverse_tokens", False))
 
 
@@ -148,9 +154,9 @@ class AWDRNNClassifier(BaseFairseqModel):
                     f"{'' if lm_reversed else 'out'} --reverse-tokens), but this classifier "
                     f"reads sentences {'left to right' if lm_reversed else 'right to left'}: "
                     f"{fix} --reverse-tokens")
-            lm_size = lm_state["decoder.embed_tokens.weight"].size(0)
+            lm_size = lm_state[LM_ENCODER + "embed_tokens.weight"].size(0)
             check_dictionary(  # the classifier's: the LM's followed by at most <mask>
-                dictionary, lm_size, int(lm_state["decoder.dictionary_fingerprint"]),
+                dictionary, lm_size, int(lm_state[LM_ENCODER + "dictionary_fingerprint"]),
                 f"--pretrained-lm {cfg.pretrained_lm} was trained with another dictionary "
                 f"({lm_size} types) than the classification data's ({len(dictionary)} types, "
                 "counting the <mask> that sentence_prediction adds, or the same types in "
@@ -161,7 +167,7 @@ class AWDRNNClassifier(BaseFairseqModel):
             cls.copy_lm_sizes(lm_cfg, cfg)
             logger.info("encoder from --pretrained-lm %s: %s", cfg.pretrained_lm,
                         ", ".join(f"{name}={getattr(cfg, name)}" for name in cls.lm_size_fields))
-        encoder = AWDEncoder(**encoder_arguments(dictionary, cfg, cls.decoder_class.build_layer))
+        encoder = build_encoder(encoder_arguments(dictionary, cfg, cls.decoder_class.build_layer))
         model = cls(cfg, encoder, dictionary)
         if lm_state is not None:
             model.load_pretrained_encoder(lm_state)
@@ -174,15 +180,16 @@ class AWDRNNClassifier(BaseFairseqModel):
             setattr(cfg, name, getattr(lm_cfg, name))
 
     def load_pretrained_encoder(self, lm_state: Dict[str, torch.Tensor]) -> None:
-        """Copy every encoder entry from an AWD LM's state dict, where the LM decoder (an
-        ``AWDEncoder`` with an output layer) keeps them under the same names: the
-        embedding rows of the LM's symbols (any extra row keeps its initialization) and
-        all recurrent weights. The decoder's other entries (its output layer) are left
-        out; an encoder entry the LM lacks, or an entry outside the LM's decoder, raises."""
+        """Copy every encoder entry from an AWD LM's state dict (current keys, see
+        ``load_lm_checkpoint``), where the LM decoder's ``encoder`` (an ``AWDEncoder``)
+        keeps them under the same names: the embedding rows of the LM's symbols (any extra
+        row keeps its initialization) and all recurrent weights. The decoder's other
+        entries (its output layer) are left out; an encoder entry the LM lacks, or an
+        entry outside the LM's decoder, raises."""
         own = self.encoder.state_dict()
-        decoder = {key[len("decoder."):]: value for key, value in lm_state.items()
-                   if key.startswith("decoder.")}
-        missing = sorted(own.keys() - decoder.keys())
+        lm_encoder = {key[len(LM_ENCODER):]: value for key, value in lm_state.items()
+                      if key.startswith(LM_ENCODER)}
+        missing = sorted(own.keys() - lm_encoder.keys())
         unexpected = sorted(key for key in lm_state if not key.startswith("decoder."))
         if missing or unexpected:
             raise FairseqAWDError(
@@ -190,7 +197,7 @@ class AWDRNNClassifier(BaseFairseqModel):
                 f"{missing}, unexpected: {unexpected}); give a checkpoint of this version's "
                 f"fairseq-train --arch {self.lm_model_name}"
             )
-        state = {key: decoder[key] for key in own}
+        state = {key: lm_encoder[key] for key in own}
         embed = own["embed_tokens.weight"].clone()
         embed[: state["embed_tokens.weight"].size(0)] = state["embed_tokens.weight"]
         state.update({"embed_tokens.weight": embed,

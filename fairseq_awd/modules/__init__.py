@@ -8,6 +8,7 @@ from .embedding_dropout import embedding_dropout
 from .forget_mult import forget_mult, forget_mult_reference
 from .locked_dropout import LockedDropout
 from .mixture_of_softmaxes import MixtureOfSoftmaxes
+from .output_heads import AdaptiveSoftmaxHead, MixtureOfSoftmaxesHead, OutputHead, SoftmaxHead
 from .qrnn import QRNN, QRNNLayer, QRNNLayerState, QRNNState
 from .regularization import activation_regularization, temporal_activation_regularization
 from .reverse_padded import reverse_padded
@@ -15,16 +16,20 @@ from .weight_drop import WeightDropLSTM
 
 __all__ = [
     "AWDEncoder",
+    "AdaptiveSoftmaxHead",
     "CacheAttention",
     "ContinuousCache",
     "LayerStates",
     "LockedDropout",
     "MixtureOfSoftmaxes",
+    "MixtureOfSoftmaxesHead",
+    "OutputHead",
     "PoolingClassifierHead",
     "QRNN",
     "QRNNLayer",
     "QRNNLayerState",
     "QRNNState",
+    "SoftmaxHead",
     "TiedAdaptiveSoftmax",
     "WeightDropLSTM",
     "activation_regularization",

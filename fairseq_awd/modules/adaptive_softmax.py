@@ -106,11 +106,6 @@ class TiedAdaptiveSoftmax(nn.Module):
         self.cluster_bias = nn.Parameter(torch.zeros(n_clusters))
         nn.init.uniform_(self.cluster_weight, -0.1, 0.1)
 
-    @property
-    def head_size(self) -> int:
-        """``c_1 + K``: the head's words plus one entry per tail cluster."""
-        return self.cutoffs[0] + len(self.cutoffs)
-
     def extra_repr(self) -> str:
         return (f"vocab_size={self.vocab_size}, input_dim={self.input_dim}, "
                 f"cutoffs={self.cutoffs}, dropout={self.dropout}")

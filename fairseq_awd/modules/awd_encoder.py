@@ -2,8 +2,9 @@
 word embedding with embedding dropout, then a stack of recurrent layers with locked dropout
 on the embeddings, between the layers and on the top layer's output.
 
-The AWD language models put a tied softmax on top of it; the ULMFiT classifiers
-(Howard and Ruder 2018) concat pooling and a classifier head.
+The AWD language models' decoder holds one under its output head
+(``fairseq_awd.modules.output_heads``); the ULMFiT classifiers (Howard and Ruder 2018) put
+concat pooling and a classifier head on it.
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -39,8 +40,9 @@ class AWDEncoder(nn.Module):
         fingerprint: an integer that names the token-to-id map the embedding rows belong
             to, kept in the state dict as ``dictionary_fingerprint`` so that the owner can
             refuse weights of another vocabulary (this module never reads it).
-        **kwargs: passed on to the next ``__init__`` in the method resolution order, for a
-            subclass that is also another kind of module.
+
+    The four rates are checked here, once: a ``ValueError`` whose message starts with the
+    argument's name (``"dropouth must be in [0, 1), got 1.0"``) if one is not in [0, 1).
 
     Its state dict holds ``embed_tokens.weight``, ``layers.<i>.*`` and
     ``dictionary_fingerprint``.
@@ -48,8 +50,8 @@ class AWDEncoder(nn.Module):
 
     def __init__(self, embed_tokens: nn.Embedding, layers: Sequence[nn.Module],
                  dropout: float = 0.0, dropouth: float = 0.0, dropouti: float = 0.0,
-                 dropoute: float = 0.0, fingerprint: int = 0, **kwargs):
-        super().__init__(**kwargs)
+                 dropoute: float = 0.0, fingerprint: int = 0):
+        super().__init__()
         if not layers:
             raise ValueError("AWDEncoder needs at least one recurrent layer")
         for name, p in (("dropout", dropout), ("dropouth", dropouth), ("dropouti", dropouti),

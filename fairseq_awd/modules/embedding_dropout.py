@@ -17,14 +17,13 @@ def embedding_dropout(
     Args:
         embed: the embedding module (its ``padding_idx`` is respected).
         tokens: integer tensor of any shape ``S``.
-        p: probability of dropping a word type.
+        p: probability of dropping a word type, in ``[0, 1)``; not checked on every call:
+            the module that holds the rate (``AWDEncoder``) checks it in its constructor.
         training: apply the mask only when True.
 
     Returns:
         Tensor of shape ``S + (E,)``.
     """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"embedding dropout must be in [0, 1), got {p}")
     weight = embed.weight
     if training and p > 0:
         mask = weight.new_empty((weight.size(0), 1)).bernoulli_(1 - p) / (1 - p)

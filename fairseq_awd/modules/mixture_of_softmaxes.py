@@ -44,10 +44,10 @@ class MixtureOfSoftmaxes(nn.Module):
         self.prior = nn.Linear(input_dim, components, bias=False)
         self.locked_dropout = LockedDropout()
 
-    @property
-    def context_size(self) -> int:
-        """``K * D + K``: the size of :meth:`contexts`'s packed output."""
-        return self.components * (self.embed_dim + 1)
+    def reset_parameters(self) -> None:
+        """Draw the weights again, as the constructor drew them (``nn.Linear``'s init)."""
+        self.latent.reset_parameters()
+        self.prior.reset_parameters()
 
     def extra_repr(self) -> str:
         return f"components={self.components}, embed_dim={self.embed_dim}, dropout={self.dropout}"
