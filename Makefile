@@ -1,4 +1,5 @@
-# Two commands: `make demo` (install, train, evaluate, sample) and `make test`.
+# Two commands: `make demo` (install, train, evaluate, sample) and `make test`
+# (`make test-fast`: the unit tests only, for the development loop).
 # Everything goes into a virtual environment in $(VENV). CPU machines get torch's
 # CPU wheel; with a GPU, install the CUDA torch you want first and run with
 # TORCH_SPEC="torch" (or point VENV at an environment that already has it).
@@ -15,7 +16,7 @@ BIN := $(VENV)/bin
 # build.ninja to the same build directory, so setuptools' parallel build_ext races on it.
 BUILD_ENV := CFLAGS=-g0
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(VENV)/.installed
 
@@ -31,8 +32,15 @@ demo: install
 lint: install
 	$(BIN)/ruff check fairseq_awd scripts tests
 
+# One worker per core (pytest-xdist), one thread each (tests/conftest.py). Each file stays
+# on one worker, so that the models its module-scoped fixtures train are trained once.
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
+
 test: lint
-	$(BIN)/python -m pytest -q tests
+	$(PYTEST) tests
+
+test-fast: lint
+	$(PYTEST) -m "not e2e" tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-output

@@ -46,6 +46,6 @@ setup(
         "cuda13": ["cupy-cuda13x"],
         # scripts/plot_valid_curve.py
         "plot": ["matplotlib>=3.5"],
-        "dev": ["pytest>=7", "ruff>=0.4", "matplotlib>=3.5"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "matplotlib>=3.5"],
     },
 )

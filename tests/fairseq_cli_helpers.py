@@ -1,11 +1,18 @@
 """Run fairseq's command-line tools on small real text, for the end-to-end tests."""
 
+import contextlib
+import importlib
+import io
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import traceback
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -49,14 +56,72 @@ def command(tool: str, args: List[str]) -> List[str]:
 
 
 def run(tool: str, args: List[str], check: bool = True, stdin: Optional[str] = None):
-    """Run ``python -m fairseq_cli.<tool> args`` with one thread; return the CompletedProcess."""
-    proc = subprocess.run(
-        command(tool, args), input=stdin, capture_output=True, text=True, env=one_thread_env(),
-        timeout=600,
-    )
+    """Run fairseq's ``fairseq-<tool>`` (``fairseq_cli.<tool>``) with ``args``; see
+    ``run_module``."""
+    return run_module(f"fairseq_cli.{tool}", args, check, stdin)
+
+
+def run_module(module: str, args: List[str], check: bool = True, stdin: Optional[str] = None):
+    """Run the command ``python -m <module> args`` on one thread; return a
+    ``CompletedProcess`` (``returncode``, ``stdout`` with fairseq's log, ``stderr``).
+
+    With ``check`` (the command is expected to succeed and is not itself under test) it
+    runs in this process, as fairseq's own ``tests/test_binaries.py`` does, and a failure
+    raises AssertionError with its traceback. Without ``check`` it runs as a process of
+    its own: exit codes, one-line errors and the absence of tracebacks are what such tests
+    check. A call from another thread than the main one runs as a process too (the
+    standard streams and ``sys.argv`` are per process); ``FAIRSEQ_AWD_TEST_SUBPROCESS=1``
+    runs every command as a process.
+    """
+    in_process = check and threading.current_thread() is threading.main_thread()
+    if in_process and not os.environ.get("FAIRSEQ_AWD_TEST_SUBPROCESS"):
+        proc = run_in_process(module, args, stdin)
+    else:
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args], input=stdin, capture_output=True, text=True,
+            env=one_thread_env(), timeout=600,
+        )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
+
+
+def run_in_process(module: str, args: List[str], stdin: Optional[str] = None):
+    """``<module>.cli_main()`` with ``sys.argv``, the standard streams and the root logger
+    redirected; fairseq's log goes to ``stdout`` in its own format, as from the command."""
+    from fairseq import checkpoint_utils
+
+    entry = importlib.import_module(module).cli_main
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s | %(levelname)s | %(name)s | %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    saved = sys.argv, sys.stdin, root.handlers, root.level
+    sys.argv = [module, *args]
+    sys.stdin = io.StringIO(stdin or "")
+    root.handlers, root.level = [handler], logging.INFO
+    # fairseq keeps the best validation loss seen on this function between runs.
+    checkpoint_utils.save_checkpoint.__dict__.pop("best", None)
+    returncode = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                entry()
+            except SystemExit as stop:
+                if stop.code not in (None, 0):
+                    returncode = stop.code if isinstance(stop.code, int) else 1
+                    if not isinstance(stop.code, int):
+                        print(stop.code, file=err)
+            except Exception:  # reported as a process would report it
+                traceback.print_exc(file=err)
+                returncode = 1
+    finally:
+        sys.argv, sys.stdin, root.handlers, root.level = saved
+    return subprocess.CompletedProcess([sys.executable, "-m", module, *args], returncode,
+                                       out.getvalue(), err.getvalue())
 
 
 def binarize(dest: Path, lines: dict, srcdict: Optional[Path] = None) -> Path:

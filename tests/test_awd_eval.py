@@ -20,6 +20,7 @@ from fairseq_cli_helpers import (
     one_thread_env,
     real_text_lines,
     run,
+    run_module,
     train,
 )
 
@@ -58,11 +59,7 @@ def lstm_checkpoint(data, tmp_path_factory):
 
 def awd_eval(data, checkpoint, *extra: str, check: bool = True):
     args = [str(data), "--path", str(checkpoint), "--cpu", "--valid-batch-size", "1", *extra]
-    proc = subprocess.run([sys.executable, "-m", "fairseq_awd.evaluation.cli", *args],
-                          capture_output=True, text=True, env=one_thread_env(), timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"fairseq-awd-eval failed:\n{proc.stderr[-4000:]}")
-    return proc
+    return run_module("fairseq_awd.evaluation.cli", args, check)
 
 
 def result_line(proc) -> str:

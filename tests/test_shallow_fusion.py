@@ -9,7 +9,6 @@ dictionary from). The plain route is ``--task translation --lm-path``; the incre
 """
 
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -66,11 +65,8 @@ def _generate(data: Path, checkpoint: Path, *extra: str, check: bool = True):
 
 
 def _generate_both(data: Path, checkpoint: Path, *extra: str, check: bool = True):
-    """The same run with ``--task translation`` and ``--task translation_lm_fusion``, side
-    by side (one thread each)."""
-    with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(lambda task: _generate(data, checkpoint, "--task", task, *extra,
-                                                    check=check), TASKS))
+    """The same run with ``--task translation`` and ``--task translation_lm_fusion``."""
+    return [_generate(data, checkpoint, "--task", task, *extra, check=check) for task in TASKS]
 
 
 def _hypotheses(stdout: str) -> Hypotheses:
