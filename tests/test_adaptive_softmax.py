@@ -362,6 +362,7 @@ def trained(tmp_path_factory):
     return data, save_dir, json_logs(output, "valid"), vocab
 
 
+@pytest.mark.e2e
 def test_eval_lm_matches_logged_validation_perplexity(trained):
     data, save_dir, valid, vocab = trained
     ppls = [float(record["valid_ppl"]) for record in valid]
@@ -373,12 +374,14 @@ def test_eval_lm_matches_logged_validation_perplexity(trained):
     assert eval_lm_perplexity(proc.stdout + proc.stderr) == pytest.approx(min(ppls), rel=0.005)
 
 
+@pytest.mark.e2e
 def test_interactive_sampling_and_beam_search(trained):
     data, save_dir, _, _ = trained
     assert_samples_and_beam_search(data, save_dir / "checkpoint_best.pt",
                                    ["--temperature", "0.8"])
 
 
+@pytest.mark.e2e
 def test_bad_cutoff_on_the_command_line(trained, tmp_path):
     """The WikiText-103 architecture's cutoffs on a small vocabulary: one line, exit 1."""
     data, _, _, vocab = trained

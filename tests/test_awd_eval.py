@@ -24,6 +24,8 @@ from fairseq_cli_helpers import (
     train,
 )
 
+pytestmark = pytest.mark.e2e  # runs fairseq's or the plugin's commands
+
 ARCHS = {
     "lstm": ["--arch", "awd_lstm_lm"],
     "qrnn": ["--arch", "awd_qrnn_lm"],

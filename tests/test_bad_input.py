@@ -18,6 +18,8 @@ from fairseq_cli_helpers import (
     train,
 )
 
+pytestmark = pytest.mark.e2e  # runs fairseq's or the plugin's commands
+
 
 def snapshot(directory):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}

@@ -123,6 +123,7 @@ def test_concat_pool_ignores_padding_and_finds_last_from_the_mask():
     torch.testing.assert_close(left[:, :C], outputs[0])
 
 
+@pytest.mark.e2e
 def test_classifier_logits_same_alone_and_padded(classification, lms):
     task, model, _ = build(classification, [*TINY, "--pretrained-lm",
                                             str(lms[1]["awd_lstm_lm"])])
@@ -145,6 +146,7 @@ def test_classifier_logits_same_alone_and_padded(classification, lms):
 # --pretrained-lm
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["lstm", "qrnn"])
 def test_pretrained_lm_weights_arrive(classification, lms, kind):
     lm_path = lms[1][f"awd_{kind}_lm"]
@@ -177,6 +179,7 @@ def test_pretrained_lm_of_the_earlier_layout():
         assert torch.equal(state[key][: value.size(0)], value), key
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("task", ["sentence_prediction", "awd_sentence_prediction"])
 def test_pretrained_lm_read_once_and_no_output_layer(classification, lms, task, monkeypatch):
     """The LM checkpoint is read once (with either task), and the encoder is a plain
@@ -198,6 +201,7 @@ def test_pretrained_lm_read_once_and_no_output_layer(classification, lms, task, 
         assert cfg.model.decoder_embed_dim == 24 and cfg.model.decoder_layers == 2
 
 
+@pytest.mark.e2e
 def test_fairseq_sentence_prediction_trains_and_reloads(classification, lms, tmp_path):
     """fairseq's own task and criterion drive the classifier; the checkpoint (with its
     head) reloads into an equal model."""
@@ -215,6 +219,7 @@ def test_fairseq_sentence_prediction_trains_and_reloads(classification, lms, tmp
 # discriminative learning rates
 
 
+@pytest.mark.e2e
 def test_discriminative_rates_per_layer_group(classification):
     _, model, cfg = build(classification, [*TINY, "--discriminative-lr-factor", "2.6"])
     untagged = torch.nn.Parameter(torch.zeros(1))
@@ -237,6 +242,7 @@ def test_discriminative_rates_per_layer_group(classification):
 # gradual unfreezing
 
 
+@pytest.mark.e2e
 def test_gradual_unfreezing_trains_one_more_group_per_epoch(classification, lms, tmp_path):
     lm_path = tmp_path / "lm.pt"
     shutil.copy(lms[1]["awd_lstm_lm"], lm_path)
@@ -280,6 +286,7 @@ def fail_train(data, extra):
                          "--max-update", "1", "--no-save", *extra], check=False)
 
 
+@pytest.mark.e2e
 def test_pretrained_lm_errors(classification, lms, tmp_path):
     lstm_lm, qrnn_lm = str(lms[1]["awd_lstm_lm"]), str(lms[1]["awd_qrnn_lm"])
     assert_one_line_error(fail_train(classification, ["--pretrained-lm", str(tmp_path / "x")]),
@@ -296,6 +303,7 @@ def test_pretrained_lm_errors(classification, lms, tmp_path):
                           "another dictionary", "--srcdict LM_DATA/dict.txt")
 
 
+@pytest.mark.e2e
 def test_unknown_label_at_test_time(classification, tmp_path):
     data = tmp_path / "bin"
     shutil.copytree(classification, data)
@@ -323,6 +331,7 @@ def trec_split():
     return (texts[:1000], labels[:1000]), (texts[-300:], labels[-300:])
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not TREC.exists(), reason=f"TREC training questions not found at {TREC}")
 def test_trec_end_to_end(tmp_path):
     (train_x, train_y), (valid_x, valid_y) = trec_split()
@@ -339,6 +348,7 @@ def test_trec_end_to_end(tmp_path):
     assert accuracy > majority + 20, (accuracy, majority)
 
 
+@pytest.mark.e2e
 def test_language_model_fine_tuning_gets_discriminative_rates(lms):
     """ULMFiT fine-tunes the LM with discriminative rates too: embedding and (tied) output
     layer at depth 0, then the recurrent layers from the top."""

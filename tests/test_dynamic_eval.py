@@ -257,6 +257,7 @@ def dynamic_nll(lr: float) -> float:
     return total
 
 
+@pytest.mark.e2e
 def test_dynamic_evaluation_lowers_nll_of_repetitive_text():
     static, dynamic = dynamic_nll(lr=0.0), dynamic_nll(lr=1e-2)
     assert dynamic < 0.7 * static, (dynamic, static)

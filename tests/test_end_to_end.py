@@ -22,6 +22,8 @@ from fairseq_cli_helpers import (
     train_args,
 )
 
+pytestmark = pytest.mark.e2e  # runs fairseq's or the plugin's commands
+
 EVAL = ["--user-dir", USER_DIR, "--task", "awd_language_modeling", "--cpu", "--valid-batch-size",
         "4"]
 

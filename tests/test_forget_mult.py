@@ -200,6 +200,7 @@ def test_bad_shapes_raise(change, message):
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 def test_cuda_source_compiles_for_every_kernel_type(tmp_path):
     """Without a GPU, nvcc still checks the kernels that cupy compiles at run time: the same

@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e  # runs fairseq's or the plugin's commands
+
 REPO = Path(__file__).resolve().parents[1]
 
 

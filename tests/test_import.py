@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+import pytest
 from fairseq_cli_helpers import REPO, one_thread_env
+
+pytestmark = pytest.mark.e2e  # runs fairseq's or the plugin's commands
 
 PROBE = ("import sys; before = sys.excepthook; import fairseq_awd; "
          "print(sys.excepthook is before)")

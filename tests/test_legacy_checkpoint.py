@@ -17,6 +17,8 @@ import torch
 from fairseq import checkpoint_utils
 from fairseq_cli_helpers import SHARED, USER_DIR, one_thread_env
 
+pytestmark = pytest.mark.e2e  # runs fairseq's or the plugin's commands
+
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "legacy_checkpoint"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text(encoding="utf-8"))
 PTB_SMALL = SHARED / "checkpoints" / "ptb-small"

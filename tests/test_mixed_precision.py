@@ -15,6 +15,8 @@ from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.optim.discriminative_adam import DiscriminativeAdam, set_layer_depth
 from fairseq_awd.optim.ntasgd import NTASGD, ntasgd_of, show_raw_weights
 
+pytestmark = pytest.mark.e2e  # runs fairseq's or the plugin's commands
+
 LR = 0.5
 # --fp16 flattens the fp32 masters into one CUDA tensor; on CPU fairseq needs them unflattened
 PRECISIONS = {

@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+import pytest
 from fairseq_cli_helpers import REPO
+
+pytestmark = pytest.mark.e2e  # runs fairseq's or the plugin's commands
 
 SCRIPT = REPO / "scripts" / "plot_valid_curve.py"
 SIMPLE_LOG = """\

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from fairseq_cli_helpers import REPO, SHARED_DATA
 
+pytestmark = pytest.mark.e2e  # runs fairseq's or the plugin's commands
+
 SCRIPT = REPO / "scripts" / "prepare_data.py"
 _spec = importlib.util.spec_from_file_location("prepare_data", SCRIPT)
 prep = importlib.util.module_from_spec(_spec)

@@ -22,6 +22,8 @@ from fairseq_cli_helpers import (
 )
 from mt_fixtures import HAS_MULTI30K, MULTI30K, SKIP_REASON
 
+pytestmark = pytest.mark.e2e  # runs fairseq's or the plugin's commands
+
 HAS_ULMFIT_DATA = (SHARED_DATA / "rt-polarity" / "rt-polarity.pos").exists() and (
     SHARED_DATA / "wikitext-2" / "train.txt").exists()
 

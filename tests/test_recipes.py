@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from fairseq_cli_helpers import REPO, binarize, one_thread_env, real_text_lines
 
+pytestmark = pytest.mark.e2e  # runs fairseq's or the plugin's commands
+
 AWD_LSTM = ("'decoder_embed_dim': 400, 'decoder_hidden_size': 1150, 'decoder_layers': 3, "
             "'decoder_out_embed_dim': None, 'untie_weights': False, ")
 AWD_QRNN = ("'decoder_embed_dim': 400, 'decoder_hidden_size': 1550, 'decoder_layers': 4, "

@@ -126,6 +126,7 @@ def _write_nbest(path: Path, entries) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_parser_reads_real_generate_output(setup):
     from fairseq_awd.rescoring import parse_nbest
 
@@ -149,6 +150,7 @@ def test_parser_reads_real_generate_output(setup):
     assert first.score == float(h_lines[0][1]) and first.h_text == h_lines[0][2]
 
 
+@pytest.mark.e2e
 def test_bpe_removal_and_detokenization_round_trip(setup):
     from fairseq_awd.rescoring import parse_nbest
     from fairseq_awd.rescoring.text import TextPipeline, remove_bpe
@@ -162,6 +164,7 @@ def test_bpe_removal_and_detokenization_round_trip(setup):
     assert remove_bpe("a dog@@ gy runs@@") == "a doggy runs"
 
 
+@pytest.mark.e2e
 def test_batched_scores_equal_hub_scores(setup, lm_scorer):
     sentences = ["a man in a blue shirt is standing on a ladder .", "a dog", "",
                  "two young children are playing in the sand near the water .", "people ."] * 2
@@ -180,6 +183,7 @@ def test_batched_scores_equal_hub_scores(setup, lm_scorer):
         assert full.num_tokens == words.numel() + 1 and no_eos.num_unk == 0
 
 
+@pytest.mark.e2e
 def test_lm_weight_zero_reproduces_first_best(setup, tmp_path):
     from fairseq_awd.rescoring import parse_nbest
     from fairseq_awd.rescoring.cli import main
@@ -195,6 +199,7 @@ def test_lm_weight_zero_reproduces_first_best(setup, tmp_path):
     assert out.stat().st_mode == plain.stat().st_mode
 
 
+@pytest.mark.e2e
 def test_tuned_rescoring_through_the_console_command(setup, tmp_path):
     out = tmp_path / "reranked.en"
     command = Path(sys.executable).parent / "fairseq-awd-rescore"
@@ -211,6 +216,7 @@ def test_tuned_rescoring_through_the_console_command(setup, tmp_path):
     assert len(out.read_text().splitlines()) == 20
 
 
+@pytest.mark.e2e
 def test_a_hypothesis_the_lm_prefers_moves_up(setup, lm_scorer, tmp_path):
     from fairseq_awd.rescoring.cli import main
 
@@ -298,6 +304,7 @@ def test_smoothed_tuning_picks_the_best_neighbourhood_mean():
     assert raw_best == pytest.approx(raw.max())
 
 
+@pytest.mark.e2e
 def test_channel_score_equals_forced_decoding_with_the_reverse_model(setup):
     from fairseq_awd.rescoring import parse_nbest
     from fairseq_awd.rescoring.channel_scorer import ChannelScorer
@@ -322,6 +329,7 @@ def test_channel_score_equals_forced_decoding_with_the_reverse_model(setup):
         assert got.logprob == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.e2e
 def test_noisy_channel_reranking_through_the_command(setup, tmp_path):
     from fairseq_awd.rescoring import parse_nbest
     from fairseq_awd.rescoring.cli import main
@@ -355,6 +363,7 @@ def test_noisy_channel_reranking_through_the_command(setup, tmp_path):
     assert record["tune_bleu"] >= record["tune_bleu_before"] - 1e-9
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("options, message", [
     (["--channel", "x.pt"], "--channel and --channel-data go together"),
     (["--channel-weight", "1"], "--channel-weight/--channel-normalize need --channel"),
@@ -371,6 +380,7 @@ def test_bad_channel_and_length_options_are_refused(setup, tmp_path, options, me
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 def test_lists_without_source_lines_are_refused_before_scoring(setup, tmp_path, monkeypatch):
     from fairseq_awd import FairseqAWDError
     from fairseq_awd.rescoring import cli
@@ -383,6 +393,7 @@ def test_lists_without_source_lines_are_refused_before_scoring(setup, tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 def test_wrong_channel_tokens_are_refused(setup, tmp_path):
     """Sources the channel's dictionary does not know (here: made-up words) are refused."""
     from fairseq_awd import FairseqAWDError
@@ -423,6 +434,7 @@ def test_malformed_lists_are_refused(tmp_path, content, message):
     assert message in str(err.value)
 
 
+@pytest.mark.e2e
 def test_partial_lists_are_reranked(setup, tmp_path):
     from fairseq_awd.rescoring.cli import main
 
@@ -443,6 +455,7 @@ def test_partial_lists_are_reranked(setup, tmp_path):
     assert len(out.read_text().splitlines()) == 20
 
 
+@pytest.mark.e2e
 def test_bad_input_through_the_command_line_writes_nothing(setup, tmp_path):
     bad = tmp_path / "bad.nbest"
     bad.write_text("S-0\tein Hund\nH-0\t-0.5\n", encoding="utf-8")
@@ -455,6 +468,7 @@ def test_bad_input_through_the_command_line_writes_nothing(setup, tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == [bad]
 
 
+@pytest.mark.e2e
 def test_vocabulary_mismatch_is_refused(setup, tmp_path):
     from fairseq_awd import FairseqAWDError
     from fairseq_awd.rescoring.cli import main
@@ -475,6 +489,7 @@ def test_vocabulary_mismatch_is_refused(setup, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.e2e
 def test_lm_with_another_dictionary_is_refused(setup, tmp_path):
     from fairseq_awd import FairseqAWDError
     from fairseq_awd.rescoring.lm_scorer import load_lm

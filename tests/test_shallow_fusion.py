@@ -31,6 +31,8 @@ from mt_fixtures import (
     train_translation_model,
 )
 
+pytestmark = pytest.mark.e2e  # runs fairseq's or the plugin's commands
+
 pytestmark = pytest.mark.skipif(not HAS_MULTI30K, reason=SKIP_REASON)
 
 Hypotheses = Dict[int, List[Tuple[float, str]]]

@@ -72,6 +72,7 @@ def stream_batches(task):
     return inputs, targets
 
 
+@pytest.mark.e2e
 def test_reversed_stream_is_the_forward_stream_reversed(lm_data):
     forward_inputs, forward_targets = stream_batches(lm_task(lm_data))
     backward_inputs, backward_targets = stream_batches(lm_task(lm_data, "--reverse-tokens"))
@@ -83,6 +84,7 @@ def test_reversed_stream_is_the_forward_stream_reversed(lm_data):
     assert not torch.equal(backward_inputs, forward_inputs)
 
 
+@pytest.mark.e2e
 def test_backward_lm_direction_is_saved_and_checked(backward_lm, lm_data, cls_data, tmp_path):
     from fairseq_awd.models.awd_rnn_classifier import load_lm_checkpoint
 
@@ -106,6 +108,7 @@ def test_reverse_padded_by_hand():
     assert torch.equal(reverse_padded(tokens, tokens.eq(pad)), expected)
 
 
+@pytest.mark.e2e
 def test_backward_classifier_reads_each_sentence_reversed(cls_data):
     _, backward, _ = build(cls_data, [*TINY, "--reverse-tokens"], task="awd_sentence_prediction")
     _, forward, _ = build(cls_data, TINY, task="awd_sentence_prediction")
@@ -162,6 +165,7 @@ def stopped_early(cls_data, backward_lm, tmp_path_factory):
     return runs
 
 
+@pytest.mark.e2e
 def test_early_stopping_keeps_the_best_held_out_checkpoint(stopped_early):
     save, valid = stopped_early["forward"]
     accuracy = [float(r["valid_accuracy"]) for r in valid]
@@ -173,6 +177,7 @@ def test_early_stopping_keeps_the_best_held_out_checkpoint(stopped_early):
     assert best == pytest.approx(max(accuracy), abs=0.05)  # fairseq logs 1 decimal
 
 
+@pytest.mark.e2e
 def test_ensemble_of_forward_and_backward_classifiers(stopped_early):
     paths = [str(stopped_early[name][0] / "checkpoint_best.pt") for name in ("forward",
                                                                               "backward")]
@@ -232,6 +237,7 @@ def test_missing_file_and_bad_format(tmp_path):
         read_labelled(write(tmp_path / "a.tsv", "pos\ta\n"), "csv")
 
 
+@pytest.mark.e2e
 def test_members_that_read_other_labels_are_refused(stopped_early, cls_data, tmp_path):
     other = tmp_path / "other"  # the same sentences, every held-out label flipped
     shutil.copytree(cls_data, other)
