@@ -35,10 +35,11 @@ class AWDCrossEntropyCriterion(FairseqCriterion):
     carries ``raw_output``/``dropped_output`` (AWD models); ``nll_loss``, from which
     perplexity is computed, is logged separately and never includes them.
 
-    For an AWD model the NLL is the decoder's ``output_nll``: with an adaptive softmax
-    (``decoder.adaptive_output``) only the head and, per tail cluster, the positions whose
-    target falls in it are computed; with a mixture of softmaxes (``decoder.mos_output``)
-    only each component's normalizer and target logit: no ``(B, T, V)`` log-probabilities.
+    For an AWD model the NLL is the decoder's ``output_nll``, its output head's ``nll``:
+    with an adaptive softmax (``AdaptiveSoftmaxHead``) only the head and, per tail cluster,
+    the positions whose target falls in it are computed; with a mixture of softmaxes
+    (``MixtureOfSoftmaxesHead``) only each component's normalizer and target logit: no
+    ``(B, T, V)`` log-probabilities.
     """
 
     def __init__(self, task, alpha: float, beta: float):
@@ -55,7 +56,7 @@ class AWDCrossEntropyCriterion(FairseqCriterion):
         output, extra = net_output[0], net_output[1]
         target = model.get_targets(sample, net_output)
         decoder = getattr(model, "decoder", None)
-        if isinstance(decoder, AWDRNNDecoder):  # adaptive softmax, mixture of softmaxes
+        if isinstance(decoder, AWDRNNDecoder):  # any output head
             nll = decoder.output_nll(net_output, target, ignore_index=self.padding_idx).sum()
         else:
             nll = F.cross_entropy(
