@@ -5,6 +5,7 @@ window of inputs (eq. 1: a masked convolution of width 1 or 2), then runs the ch
 element-wise recurrence ForgetMult (section 2.1, pooling). Time-major throughout.
 """
 
+import math
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -42,6 +43,19 @@ class QRNNLayer(nn.Module):
     ``reverse=True`` runs right to left: the window then looks at ``x_{t+1}`` and
     nothing is remembered across calls but the cell.
 
+    ``init_gain``: 0 keeps PyTorch's default initialization of the gate projection
+    (weights and biases uniform in ``±1/sqrt(fan_in)``, as the reference
+    salesforce/pytorch-qrnn); ``g > 0`` draws the weights uniformly with standard
+    deviation ``g / sqrt(fan_in)`` (``fan_in = window * input_size``) and zeroes the
+    biases. With the default init the gates' pre-activations have a third of the input's
+    variance and pooling (``f ~ 0.5``) and the output gate (``o ~ 0.5``) take away most of
+    the rest, so the part of a layer's output that depends on the input shrinks 4-7x per
+    layer while the bias-driven constant part does not: a 4-layer language model starts
+    out (and, under the AWD papers' SGD with tight clipping, stays for most of the first
+    PTB epoch) near the unigram model. ``g ~ 3.5`` keeps that part's scale from layer to
+    layer at initialization; ``g = 2`` (the AWD-QRNN models' default) trains best of those
+    tried (docs/qrnn-learning.md).
+
     Shapes: input ``(T, B, input_size)``, optional ``mask (T, B)`` bool (True at real
     tokens; padded steps leave the state unchanged), output ``(T, B, hidden_size)``.
     """
@@ -55,6 +69,7 @@ class QRNNLayer(nn.Module):
         zoneout: float = 0.0,
         weight_drop: float = 0.0,
         reverse: bool = False,
+        init_gain: float = 0.0,
     ):
         super().__init__()
         if window not in (1, 2):
@@ -64,10 +79,18 @@ class QRNNLayer(nn.Module):
         for name, p in (("zoneout", zoneout), ("weight_drop", weight_drop)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"QRNN {name} must be in [0, 1), got {p}")
+        if not init_gain >= 0:  # NaN too
+            raise ValueError(f"QRNN init_gain must be non-negative (0: PyTorch's default init), "
+                             f"got {init_gain}")
         self.input_size, self.hidden_size = input_size, hidden_size
         self.window, self.pooling, self.reverse = window, pooling, reverse
         self.zoneout, self.weight_drop = zoneout, weight_drop
         self.linear = nn.Linear(window * input_size, POOLINGS[pooling] * hidden_size)
+        if init_gain > 0:
+            # uniform in +-bound has standard deviation gain / sqrt(fan_in)
+            bound = init_gain * math.sqrt(3.0 / (window * input_size))
+            nn.init.uniform_(self.linear.weight, -bound, bound)
+            nn.init.zeros_(self.linear.bias)
 
     def forward(
         self,
@@ -143,7 +166,8 @@ class QRNN(nn.Module):
     ``(B, T, input_size)`` with ``batch_first``), output ``(T, B, D * hidden_size)``
     and ``state`` a ``QRNNState``; a plain ``(L * D, B, H)`` tensor is accepted as the
     initial cell, as ``nn.GRU`` takes ``h_0``. ``window`` is one value for all layers
-    or one per layer; ``dropout`` is applied between layers, as in ``nn.LSTM``.
+    or one per layer; ``dropout`` is applied between layers, as in ``nn.LSTM``;
+    ``init_gain`` is every layer's (see ``QRNNLayer``).
     """
 
     def __init__(
@@ -158,6 +182,7 @@ class QRNN(nn.Module):
         dropout: float = 0.0,
         bidirectional: bool = False,
         batch_first: bool = False,
+        init_gain: float = 0.0,
     ):
         super().__init__()
         windows = [window] * num_layers if isinstance(window, int) else list(window)
@@ -172,7 +197,7 @@ class QRNN(nn.Module):
             for direction in range(self.directions):
                 self.layers.append(
                     QRNNLayer(size, hidden_size, layer_window, pooling, zoneout, weight_drop,
-                              reverse=direction == 1)
+                              reverse=direction == 1, init_gain=init_gain)
                 )
 
     def forward(
