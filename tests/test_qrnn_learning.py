@@ -53,6 +53,7 @@ def corpus(tmp_path_factory):
     return binarize(tmp_path_factory.mktemp("qrnn_learning") / "bin", lines), lines
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
 def test_qrnn_leaves_the_unigram_plateau_under_the_papers_settings(corpus, tmp_path, precision):
     data, lines = corpus

@@ -30,7 +30,7 @@ HAS_ULMFIT_DATA = (SHARED_DATA / "rt-polarity" / "rt-polarity.pos").exists() and
 
 def recipe(script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "scripts" / script), *args],
-                          capture_output=True, text=True, env=one_thread_env(), timeout=900)
+                          capture_output=True, text=True, env=one_thread_env(), timeout=1800)
 
 
 def table_rows(stdout: str) -> dict:
