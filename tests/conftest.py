@@ -11,9 +11,9 @@ import torch
 torch.set_num_threads(1)
 
 LONGEST_FIRST = [
-    "test_recipe_scripts.py", "test_recipes.py", "test_end_to_end.py", "test_awd_eval.py",
-    "test_gpu_check.py", "test_qrnn_learning.py", "test_shallow_fusion.py", "test_classifier.py",
-    "test_rescore_nbest.py",
+    "test_recipe_scripts.py", "test_recipes.py", "test_ulmfit_recipe.py", "test_end_to_end.py",
+    "test_awd_eval.py", "test_gpu_check.py", "test_qrnn_learning.py", "test_shallow_fusion.py",
+    "test_classifier.py", "test_rescore_nbest.py", "test_recipe_resume.py",
 ]
 
 

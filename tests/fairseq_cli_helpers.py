@@ -215,3 +215,19 @@ def assert_one_line_error(proc, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+def recipe(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``python scripts/<script> args`` (a recipe: it starts fairseq commands itself)."""
+    return subprocess.run([sys.executable, str(REPO / "scripts" / script), *args],
+                          capture_output=True, text=True, env=one_thread_env(), timeout=1800)
+
+
+def table_rows(stdout: str) -> dict:
+    """``| name | v1 | ... |`` markdown rows of the printed table, name -> cells."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) > 1 and not cells[1].startswith("-"):
+            rows[cells[0]] = cells[1:]
+    return rows
