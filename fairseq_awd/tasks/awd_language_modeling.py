@@ -204,14 +204,18 @@ class AWDLanguageModelingTask(FairseqTask):
                 skip_remainder_batch=skip_remainder_batch, **kwargs,
             )
         # The dataset is already this worker's shard: fairseq's num_shards/shard_id do not apply.
+        # A window is a slice of tensors in memory, so --num-workers and --data-buffer-size
+        # are not used: loader processes would only cost a fork per epoch and validation, and
+        # a validation worker forked beside the training loader's workers stops those on exit
+        # (torch prints "can only test a child process" and the next batch waits ~5 s).
         return StreamStateIterator(
             self._stream_states,
             dataset=dataset,
             collate_fn=self.collate_window,
             batch_sampler=self.windows,
-            num_workers=num_workers,
+            num_workers=0,
             epoch=epoch,
-            buffer_size=data_buffer_size,
+            buffer_size=0,
             disable_shuffling=True,
         )
 
