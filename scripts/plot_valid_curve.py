@@ -1,22 +1,29 @@
-"""Draw validation perplexity per epoch from fairseq-train logs (matplotlib: the ``plot``
-extra).
+"""Draw validation perplexity per epoch, or per minute of training, from fairseq-train logs
+(matplotlib: the ``plot`` extra).
 
     python scripts/plot_valid_curve.py train.log finetune.log --labels training fine-tuning \\
         --chain --output valid_curve.png
+    python scripts/plot_valid_curve.py qrnn.log lstm.log --labels QRNN LSTM --minutes \\
+        --output valid_per_minute.png
 
 Reads fairseq's ``valid`` records in the ``simple`` or ``json`` log format. With
 ``--chain``, each log's epochs continue where the previous log's ended (a fine-tuning stage
-restarted with ``--reset-dataloader`` counts its epochs from 1 again).
+restarted with ``--reset-dataloader`` counts its epochs from 1 again). With ``--minutes``,
+every validation (mid-epoch ones too, ``--validate-interval-updates``) is drawn against the
+wall-clock minutes of training before it: the time from fairseq's first "Start iterating
+over samples" line, less the time spent validating.
 """
 
 import argparse
 import json
 import re
 import sys
-from typing import List, Tuple
+from datetime import datetime
+from typing import List, Optional, Tuple
 
 SIMPLE = re.compile(r"\| valid \| epoch (\d+) \| valid on '[^']*' subset \|.*\| ppl ([0-9.]+)")
 JSON = re.compile(r"\| valid \| (\{.*\})\s*$")
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| ")
 
 
 def valid_curve(path: str) -> List[Tuple[int, float]]:
@@ -37,15 +44,58 @@ def valid_curve(path: str) -> List[Tuple[int, float]]:
     return sorted(points.items())
 
 
+def _valid_ppl(line: str) -> Optional[float]:
+    match = SIMPLE.search(line)
+    if match:
+        return float(match.group(2))
+    match = JSON.search(line)
+    if match:
+        record = json.loads(match.group(1))
+        if "valid_ppl" in record:
+            return float(record["valid_ppl"])
+    return None
+
+
+def valid_curve_by_time(path: str) -> List[Tuple[float, float]]:
+    """``(minutes of training, validation perplexity)`` of every validation in a log. The
+    minutes count from the first "Start iterating over samples" line to the validation's
+    record, less the time between each "begin validation" line and its record (timestamps
+    have a resolution of one second)."""
+    points, start, began, validating = [], None, None, 0.0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            stamp = STAMP.match(line)
+            if not stamp:
+                continue
+            now = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+            if start is None:
+                if "Start iterating over samples" in line:
+                    start = now
+                continue
+            if "begin validation on" in line:
+                began = now
+                continue
+            ppl = _valid_ppl(line)
+            if ppl is not None:
+                validating += now - (began if began is not None else now)
+                began = None
+                points.append(((now - start - validating) / 60, ppl))
+    return points
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("logs", nargs="+", help="fairseq-train logs")
     parser.add_argument("--labels", nargs="+", help="one legend entry per log")
     parser.add_argument("--chain", action="store_true",
                         help="number each log's epochs after the previous log's last")
-    parser.add_argument("--title", default="validation perplexity per epoch")
+    parser.add_argument("--minutes", action="store_true",
+                        help="every validation against the minutes of training before it")
+    parser.add_argument("--title", help="the picture's title")
     parser.add_argument("--output", required=True, help="picture to write (e.g. curve.png)")
     args = parser.parse_args(argv)
+    if args.minutes and args.chain:
+        sys.exit("error: --chain numbers epochs; --minutes draws each log from its own start")
     if args.labels and len(args.labels) != len(args.logs):
         sys.exit(f"error: {len(args.logs)} logs but {len(args.labels)} labels: give one each")
     try:
@@ -60,24 +110,24 @@ def main(argv=None) -> None:
     offset = 0
     for i, path in enumerate(args.logs):
         try:
-            curve = valid_curve(path)
+            curve = valid_curve_by_time(path) if args.minutes else valid_curve(path)
         except OSError as err:
             sys.exit(f"error: cannot read {path}: {err.strerror}")
         if not curve:
-            sys.exit(f"error: {path} has no end-of-epoch validation lines of fairseq-train")
-        epochs = [epoch + offset for epoch, _ in curve]
-        ax.plot(epochs, [ppl for _, ppl in curve], marker="o", markersize=3,
+            sys.exit(f"error: {path} has no {'' if args.minutes else 'end-of-epoch '}"
+                     "validation lines of fairseq-train")
+        xs = [x + offset for x, _ in curve]
+        ax.plot(xs, [ppl for _, ppl in curve], marker="o", markersize=3,
                 label=args.labels[i] if args.labels else path)
-        for epoch, (_, ppl) in zip(epochs, curve):
-            if epoch == epochs[-1]:
-                ax.annotate(f"{ppl:.2f}", (epoch, ppl), textcoords="offset points",
-                            xytext=(4, 4), fontsize=8)
+        ax.annotate(f"{curve[-1][1]:.2f}", (xs[-1], curve[-1][1]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
         if args.chain:
-            offset = epochs[-1]
-    ax.set_xlabel("epoch")
+            offset = xs[-1]
+    ax.set_xlabel("minutes of training" if args.minutes else "epoch")
     ax.set_ylabel("validation perplexity")
     ax.set_yscale("log")
-    ax.set_title(args.title)
+    ax.set_title(args.title or ("validation perplexity per minute of training" if args.minutes
+                                else "validation perplexity per epoch"))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()

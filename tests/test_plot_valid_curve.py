@@ -53,3 +53,24 @@ def test_draws_a_chained_picture_and_refuses_a_log_without_validation(tmp_path):
                            "--output", str(tmp_path / "x.png")], capture_output=True, text=True)
     assert proc.returncode != 0 and "no end-of-epoch validation lines" in proc.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+TIMED_LOG = """\
+2026-12-01 20:00:00 | INFO | fairseq_cli.train | Start iterating over samples
+2026-12-01 20:02:00 | INFO | fairseq_cli.train | begin validation on "valid" subset
+2026-12-01 20:02:30 | INFO | valid | {"epoch": 1, "valid_loss": "9.9", "valid_ppl": "950.0"}
+2026-12-01 20:04:30 | INFO | fairseq_cli.train | begin validation on "valid" subset
+2026-12-01 20:05:00 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 8.2 | \
+nll_loss 8.2 | ppl 300.5 | wps 4778.6 | num_updates 685
+"""
+
+
+def test_minutes_of_training_leave_out_the_validations(tmp_path):
+    plot = load_script()
+    (tmp_path / "t.log").write_text(TIMED_LOG)
+    assert plot.valid_curve_by_time(tmp_path / "t.log") == [(2.0, 950.0), (4.0, 300.5)]
+    out = tmp_path / "minutes.png"
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "t.log"), "--minutes",
+                           "--output", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
