@@ -16,9 +16,10 @@ with no incremental state: an RNN LM then reads ``T (T + 1) / 2`` tokens for a
 task builds it (see ``fairseq_awd/tasks/translation_lm_fusion.py``).
 """
 
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
+from fairseq import checkpoint_utils
 from fairseq.data import Dictionary
 from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
 from torch import nn
@@ -27,6 +28,16 @@ from fairseq_awd.dictionary_check import check_dictionary, dictionary_fingerprin
 from fairseq_awd.errors import FairseqAWDError
 
 IncrementalState = Dict[str, Dict[str, Optional[torch.Tensor]]]
+
+
+def lm_task_config(checkpoint: str) -> Optional[Any]:
+    """The task options saved in the LM checkpoint ``checkpoint`` (None for a checkpoint
+    without them). fairseq-generate hands the generator the LM model alone, not the task it
+    was trained with, whose ``reverse_tokens`` tells a backward LM; reading them costs one
+    more read of the checkpoint file."""
+    state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)
+    cfg = state.get("cfg")
+    return None if cfg is None else cfg.get("task")
 
 
 def check_lm_dictionary(lm_model: nn.Module, target_dictionary: Dictionary,

@@ -1,10 +1,34 @@
 """Load a trained fairseq_awd model as fairseq's hub interface (``score``, ``sample``)."""
 
 import os
+from typing import List, Union
 
 from fairseq import hub_utils
 
 from fairseq_awd.errors import FairseqAWDError
+
+
+class AWDHubInterface(hub_utils.GeneratorHubInterface):
+    """fairseq's ``GeneratorHubInterface`` whose ``score`` refuses an empty sentence.
+
+    fairseq's ``score`` gives the log-probability of each token given the ones before it,
+    without the closing ``</s>``: an empty or all-whitespace sentence has no token, and its
+    ``score`` (the mean of none) was NaN. It is refused instead of scoring ``</s>`` alone,
+    which would change what ``score`` means for this one input.
+    """
+
+    def score(self, sentences: Union[str, List[str]], replace_newline_with_eos: bool = False,
+              **kwargs):
+        batch = [sentences] if isinstance(sentences, str) else sentences
+        for i, sentence in enumerate(batch):
+            if not sentence.strip():
+                where = "the sentence" if isinstance(sentences, str) else f"sentence {i}"
+                raise FairseqAWDError(
+                    f"score: {where} is empty or only whitespace, so it has no token to score "
+                    "(score leaves out the closing </s>); give at least one word, or use "
+                    "fairseq_awd.rescoring.lm_scorer.LMScorer, which scores </s> too")
+        return super().score(sentences, replace_newline_with_eos=replace_newline_with_eos,
+                             **kwargs)
 
 
 def from_pretrained(
@@ -12,8 +36,11 @@ def from_pretrained(
     data: str,
     checkpoint_file: str = "checkpoint_best.pt",
     **overrides,
-) -> hub_utils.GeneratorHubInterface:
-    """Return ``fairseq.hub_utils.GeneratorHubInterface`` for a checkpoint.
+) -> AWDHubInterface:
+    """Return fairseq's hub interface (``fairseq.hub_utils.GeneratorHubInterface``) for a
+    checkpoint, as ``AWDHubInterface``: the same methods, and ``score`` refuses an empty or
+    all-whitespace sentence with FairseqAWDError instead of returning NaN (it scores the
+    tokens without the closing ``</s>``, so such a sentence has none).
 
     Args:
         checkpoint_dir: directory holding ``checkpoint_file``.
@@ -50,4 +77,4 @@ def from_pretrained(
         user_dir=user_dir,
         **overrides,
     )
-    return hub_utils.GeneratorHubInterface(loaded["args"], loaded["task"], loaded["models"])
+    return AWDHubInterface(loaded["args"], loaded["task"], loaded["models"])

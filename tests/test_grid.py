@@ -1,11 +1,18 @@
 """One grid syntax for fairseq-awd-rescore and fairseq-awd-eval (``fairseq_awd.grid``):
 ``START:STOP:STEP`` or comma-separated values in both, the same one-line refusal of
-anything else (NaN and infinities included)."""
+anything else (NaN and infinities included), and of grids beyond the stated bounds."""
+
+import time
 
 import pytest
 
 from fairseq_awd.errors import FairseqAWDError
-from fairseq_awd.grid import parse_grid
+from fairseq_awd.grid import (
+    MAX_GRID_COMBINATIONS,
+    MAX_GRID_POINTS,
+    check_grid_combinations,
+    parse_grid,
+)
 
 BAD = ["nan", "1,nan", "inf", "-inf,0", "0:inf:1", "0:1:nan", "0:1:0", "0:1:-0.5", "1:0:0.5",
        "0:1", "0:1:0.5:2", "x", "", "1,,2"]
@@ -24,6 +31,8 @@ def error_of(call) -> str:
     ("1e-4:3e-4:1e-4", [1e-4, 2e-4, 3e-4]),
     ("0.5,1", [0.5, 1.0]),
     ("0.3", [0.3]),
+    ("0:1:0.6", [0.0, 0.6]),  # never past STOP
+    ("0:1:0.4", [0.0, 0.4, 0.8]),
 ])
 def test_ranges_and_lists(spec, values):
     assert parse_grid(spec, "--x") == values
@@ -35,6 +44,33 @@ def test_bad_specs_are_refused_naming_the_option_and_the_syntax(spec):
     assert message == (f"--lm-weight-grid: expected finite numbers as START:STOP:STEP (STOP "
                        f"included; STEP > 0, STOP >= START) or comma-separated (a,b,c), got "
                        f"'{spec}'")
+
+
+@pytest.mark.parametrize("spec,count", [
+    ("0:10000:1", "10,001"),
+    ("0:1:1e-9", "1,000,000,001"),
+    ("0:1:1e-300", "about 1e+300"),
+    ("0:1e308:1e-308", "too many"),  # (STOP - START) / STEP overflows
+    (",".join(["0.5"] * 10_001), "10,001"),
+])
+def test_a_grid_beyond_the_bound_is_refused_before_it_is_built(spec, count):
+    started = time.perf_counter()
+    message = error_of(lambda: parse_grid(spec, "--x"))
+    assert time.perf_counter() - started < 0.1
+    shown = spec if len(spec) <= 40 else spec[:37] + "..."
+    assert message == (f"--x: '{shown}' has {count} values, more than the 10,000 a grid "
+                       "may have: give a larger STEP or fewer values")
+
+
+def test_the_bounds():
+    assert len(parse_grid("0:9999:1", "--x")) == MAX_GRID_POINTS == 10_000
+    assert len(parse_grid(",".join(["1"] * MAX_GRID_POINTS), "--x")) == MAX_GRID_POINTS
+    check_grid_combinations({"--a": [0.0] * 1000, "--b": [0.0] * 100})
+    assert MAX_GRID_COMBINATIONS == 100_000
+    assert error_of(lambda: check_grid_combinations(
+        {"--a": [0.0] * 1000, "--b": [0.0] * 100, "--c": [0.0, 1.0]})) == (
+        "the grids make 1,000 (--a) x 100 (--b) x 2 (--c) = 200,000 combinations to try, "
+        "more than the 100,000 allowed: use fewer values (a larger STEP) for some of them")
 
 
 def awd_eval_grids(*options: str) -> dict:

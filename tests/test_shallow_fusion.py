@@ -153,3 +153,40 @@ def test_mixture_of_softmaxes_lm_fuses_and_rescores(setup):
         for sentence, score in zip(sentences, scores):
             expected = float(hub.score(sentence)["positional_scores"].sum())
             assert abs(score.logprob - expected) < 1e-4, sentence
+
+
+@pytest.fixture(scope="module")
+def backward_lm(setup):
+    """The fixture's LM saved as if trained with ``--reverse-tokens`` (the saved task option
+    is what tells a backward LM)."""
+    import torch
+
+    state = torch.load(setup["lm"], map_location="cpu", weights_only=False)
+    state["cfg"]["task"]["reverse_tokens"] = True
+    path = setup["root"] / "backward" / "checkpoint_best.pt"
+    path.parent.mkdir()
+    torch.save(state, path)
+    return path
+
+
+def test_non_finite_lm_weight_is_refused_in_one_line(setup):
+    mt = setup["mt"]
+    proc = _generate(mt.data, mt.checkpoint, "--task", "translation_lm_fusion", "--lm-path",
+                     str(setup["lm"]), "--lm-weight", "nan", check=False)
+    assert proc.returncode == 1
+    assert_one_line_error(proc, "--lm-weight is nan, not a finite number", "--lm-weight 1")
+
+
+def test_backward_lm_is_refused_by_fusion_as_by_the_rescorer(setup, backward_lm):
+    from fairseq_awd import FairseqAWDError
+    from fairseq_awd.rescoring.lm_scorer import load_lm
+
+    mt = setup["mt"]
+    proc = _generate(mt.data, mt.checkpoint, "--task", "translation_lm_fusion", "--lm-path",
+                     str(backward_lm), "--lm-weight", "0.5", check=False)
+    assert proc.returncode == 1
+    fusion = assert_one_line_error(proc, f"--lm-path {backward_lm} is a backward LM",
+                                   "need a forward LM")
+    with pytest.raises(FairseqAWDError) as rescorer:
+        load_lm(str(backward_lm), str(setup["root"] / "lm-bin"), cpu=True)
+    assert fusion == f"fairseq_awd: error: {rescorer.value}".replace("--lm ", "--lm-path ")

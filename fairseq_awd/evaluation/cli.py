@@ -45,7 +45,7 @@ from fairseq_awd.evaluation.scorers import (
     LineEndScores,
     collect_gradient_statistics,
 )
-from fairseq_awd.grid import parse_grid
+from fairseq_awd.grid import GRID_BOUNDS, check_finite, check_grid_combinations, parse_grid
 from fairseq_awd.optim.dynamic_eval import (
     KRAUSE_EPSILON,
     KRAUSE_PTB_DECAY,
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fairseq-awd-eval: cache pointer and dynamic evaluation",
         "--cache-theta, --cache-lambda, --dynamic-lr and --dynamic-decay take one value or a "
         "GRID searched on --tune-subset: comma-separated values (a,b,c) or START:STOP:STEP "
-        "(STOP included)")
+        f"(STOP included); {GRID_BOUNDS}")
     group.add_argument("--cache-window", type=int, default=0, metavar="W",
                        help="continuous cache pointer over the last W hidden states of each "
                        "stream (0: off; the reference uses 500 on PTB, 3785 on WikiText-2)")
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="windows of the statistics pass (-1: the whole split)")
     group.add_argument("--tune-subset", metavar="SPLIT",
                        help="split on which a grid (a,b,c or START:STOP:STEP) is searched; the "
-                       "best values then score --gen-subset")
+                       "best values then score --gen-subset, which must be another split")
     group = parser.add_argument_group("fairseq-awd-eval: bits per character")
     group.add_argument("--char-level", choices=("auto", "on", "off"), default="auto",
                        help="print 'bpc X (counting line ends: Y)' after the perplexity: on, "
@@ -156,6 +156,8 @@ def check_options(args: argparse.Namespace) -> Dict[str, List[float]]:
         if getattr(args, option) not in (None, False) and not args.dynamic_eval:
             raise FairseqAWDError(f"--{option.replace('_', '-')} is a dynamic-evaluation "
                                   "option: add --dynamic-eval")
+    check_finite(args.dynamic_epsilon, "--dynamic-epsilon",
+                 f"give a small positive number such as {KRAUSE_EPSILON:g}")
     if args.dynamic_bptt < 1:
         raise FairseqAWDError(f"--dynamic-bptt must be positive, got {args.dynamic_bptt}")
     if args.dynamic_stats_streams < 1:
@@ -193,6 +195,13 @@ def check_options(args: argparse.Namespace) -> Dict[str, List[float]]:
     if args.tune_subset and not is_grid:
         raise FairseqAWDError("--tune-subset needs a grid: give a,b,c or START:STOP:STEP to "
                               "--cache-theta, --cache-lambda, --dynamic-lr or --dynamic-decay")
+    if args.tune_subset and args.tune_subset == args.gen_subset:
+        raise FairseqAWDError(f"--tune-subset {args.tune_subset} is the --gen-subset: the "
+                              "perplexity of the split the grid was tuned on is optimistic; "
+                              "tune on another split (e.g. --tune-subset valid --gen-subset "
+                              "test)")
+    check_grid_combinations({f"--{name.replace('_', '-')}": values
+                             for name, values in grids.items()})
     return grids
 
 

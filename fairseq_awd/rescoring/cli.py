@@ -15,7 +15,7 @@ import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from fairseq_awd.errors import FairseqAWDError
-from fairseq_awd.grid import parse_grid
+from fairseq_awd.grid import GRID_BOUNDS, check_finite, check_grid_combinations, parse_grid
 from fairseq_awd.rescoring.channel_scorer import ChannelScorer
 from fairseq_awd.rescoring.lm_scorer import LMScore, LMScorer, load_lm
 from fairseq_awd.rescoring.nbest import NBestList, parse_nbest
@@ -29,6 +29,12 @@ from fairseq_awd.rescoring.rerank import (
 from fairseq_awd.rescoring.text import BPE_MARKER, TextPipeline, remove_bpe
 
 WEIGHTS = ("lm", "length", "channel")  # the features' names; options --NAME-weight(-grid)
+# the options that are plain numbers, with the fix named when one is NaN or infinite
+NUMBERS = {"lm_weight": "give a finite weight such as 0.5, or tune it with --tune-nbest",
+           "length_weight": "give a finite weight such as 0.1, or tune it with --tune-nbest",
+           "channel_weight": "give a finite weight such as 0.5, or tune it with --tune-nbest",
+           "length_ratio": "give the expected target/source word ratio, e.g. 1.1",
+           "max_unk_rate": "give a fraction in [0, 1], e.g. 0.2"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(and a noisy channel): score = translation score + lm_weight * LM log-prob "
                     "+ length_weight * length feature + channel_weight * log p(source | "
                     "hypothesis).",
+        epilog=f"Tuning tries every combination of the --*-weight-grid values: {GRID_BOUNDS}.",
     )
     p.add_argument("--nbest", required=True, help="fairseq-generate --nbest N output to rerank")
     p.add_argument("--ref", nargs="+", help="reference file(s), one line per source sentence, "
@@ -47,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm", required=True, help="LM checkpoint file (e.g. CKPT/checkpoint_best.pt)")
     p.add_argument("--lm-data", required=True, help="binarized data directory (dict.txt) the LM "
                    "was trained with")
-    p.add_argument("--tune-nbest", help="development n-best list to tune the weights on")
+    p.add_argument("--tune-nbest", help="development n-best list to tune the weights on "
+                   "(another split than --nbest: a list is not reported on its own tuning)")
     p.add_argument("--tune-ref", nargs="+", help="references of --tune-nbest "
                    "(default: its T- lines)")
     p.add_argument("--lm-weight", type=float, help="fixed LM weight (lambda) instead of tuning")
@@ -236,6 +244,26 @@ def check_unknown_rate(lm_texts: List[str], scores: List[LMScore], scorer: LMSco
         "--lm-bpe-codes, --source-text/--remove-bpe) or use an LM trained on matching text")
 
 
+def tuned_on_reported_error(what: str) -> FairseqAWDError:
+    """The refusal of tuning the weights on the n-best list that is reranked and reported."""
+    return FairseqAWDError(
+        f"--tune-nbest and --nbest are the same n-best list ({what}): weights tuned on the "
+        "list they rerank overstate its BLEU; tune on another split (e.g. --tune-nbest "
+        "valid.nbest --nbest test.nbest)")
+
+
+def check_distinct_tuning_set(test_lists: List[NBestList], dev_lists: List[NBestList],
+                              test_path: str, dev_path: str) -> None:
+    """Refuse a tuning list with the same sources and hypotheses as the reranked one (a copy
+    of it; the same file is refused by ``check_options`` before it is read)."""
+    def content(lists: List[NBestList]) -> list:
+        return [(n.source, [h.h_text for h in n.hypotheses]) for n in lists]
+
+    if content(test_lists) == content(dev_lists):
+        raise tuned_on_reported_error(f"{dev_path} has the sources and hypotheses of "
+                                      f"{test_path}")
+
+
 def same_file(a: str, b: str) -> bool:
     """Whether paths ``a`` and ``b`` name one file (symbolic and hard links included)."""
     if os.path.realpath(a) == os.path.realpath(b):
@@ -261,8 +289,11 @@ def write_atomic(path: str, lines: List[str]) -> None:
 
 
 def check_options(args: argparse.Namespace) -> bool:
-    """Refuse contradictory or incomplete options (one line each); return whether the
-    weights are tuned."""
+    """Refuse contradictory, incomplete or non-finite options (one line each); return
+    whether the weights are tuned."""
+    for option, fix in NUMBERS.items():
+        if getattr(args, option) is not None:
+            check_finite(getattr(args, option), f"--{option.replace('_', '-')}", fix)
     tuning = args.tune_nbest is not None
     fixed = [f"--{name}-weight" for name in WEIGHTS if getattr(args, f"{name}_weight") is not None]
     if tuning and fixed:
@@ -273,6 +304,8 @@ def check_options(args: argparse.Namespace) -> bool:
                               "tune them, or --lm-weight (and --length-weight)")
     if args.tune_ref and not tuning:
         raise FairseqAWDError("--tune-ref needs --tune-nbest")
+    if tuning and same_file(args.nbest, args.tune_nbest):
+        raise tuned_on_reported_error(args.tune_nbest)
     if (args.channel is None) != (args.channel_data is None):
         raise FairseqAWDError("--channel and --channel-data go together: the reverse model's "
                               "checkpoint and its binarized data directory")
@@ -308,6 +341,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     names = [n for n in WEIGHTS if n != "channel" or args.channel is not None]
     grids = {n: parse_grid(getattr(args, f"{n}_weight_grid"), f"--{n}-weight-grid")
              for n in names}
+    if tuning:
+        check_grid_combinations({f"--{n}-weight-grid": grids[n] for n in names})
     if args.detokenize == "auto":
         args.detokenize = "moses" if args.source_text == "H" else "none"
 
@@ -315,6 +350,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     test_refs = read_references(args.ref, test_lists, "--ref", args.nbest)
     if tuning:
         dev_lists = parse_nbest(args.tune_nbest)
+        check_distinct_tuning_set(test_lists, dev_lists, args.nbest, args.tune_nbest)
         dev_refs = read_references(args.tune_ref, dev_lists, "--tune-ref", args.tune_nbest)
         if dev_refs is None:
             raise FairseqAWDError(f"--tune-nbest {args.tune_nbest} has no T- lines: give "
@@ -353,11 +389,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         weights = {n: getattr(args, f"{n}_weight") or 0.0 for n in names}
     record["weights"] = weights
 
-    if tuning and same_file(args.nbest, args.tune_nbest):  # reranking the tuning set itself
-        features, outputs = dev_features, dev_outputs
-    else:
-        features, outputs = featurize(test_lists, test_raw, args.nbest, args, pipeline, scorer,
-                                      channel, length_ratio)
+    features, outputs = featurize(test_lists, test_raw, args.nbest, args, pipeline, scorer,
+                                  channel, length_ratio)
     choice = rerank(features, weights)
     reranked = [row[j] for row, j in zip(outputs, choice)]
     if args.weights_out:

@@ -10,7 +10,7 @@ positions are masked out of the sums.
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 from fairseq.hub_utils import GeneratorHubInterface
@@ -31,7 +31,7 @@ def load_lm(checkpoint: str, data: str, cpu: bool = False) -> GeneratorHubInterf
     """Load ``checkpoint`` with the dictionary of ``data`` as a hub interface in eval mode.
 
     A checkpoint trained with another dictionary is refused (FairseqAWDError) by the AWD
-    models' dictionary fingerprint check.
+    models' dictionary fingerprint check, a backward LM by ``check_forward_lm``.
     """
     from fairseq_awd.hub import from_pretrained
 
@@ -42,14 +42,25 @@ def load_lm(checkpoint: str, data: str, cpu: bool = False) -> GeneratorHubInterf
                               "directory the LM was trained on")
     hub = from_pretrained(os.path.dirname(os.path.abspath(checkpoint)), data,
                           checkpoint_file=os.path.basename(checkpoint))
-    if getattr(hub.task.cfg, "reverse_tokens", False):
-        raise FairseqAWDError(f"--lm {checkpoint} is a backward LM (trained with "
-                              "--reverse-tokens); scoring sentences left to right needs a "
-                              "forward LM")
+    check_forward_lm(hub.task.cfg, f"--lm {checkpoint}")
     hub.eval()
     if not cpu and torch.cuda.is_available():
         hub.cuda()
     return hub
+
+
+def check_forward_lm(task_cfg: Any, what: str) -> None:
+    """Refuse a backward LM (its task's ``reverse_tokens``, set by ``--reverse-tokens``)
+    with FairseqAWDError naming ``what`` (option and checkpoint).
+
+    The rescorer and shallow fusion (``--task translation_lm_fusion``) both read a sentence
+    from its first word on; a right-to-left LM's probabilities of that order are not the
+    sentence's probability, and would be used without any error.
+    """
+    if getattr(task_cfg, "reverse_tokens", False):  # absent from older checkpoints
+        raise FairseqAWDError(f"{what} is a backward LM (trained with --reverse-tokens): "
+                              "rescoring and shallow fusion read sentences left to right and "
+                              "need a forward LM; give one trained without --reverse-tokens")
 
 
 class LMScorer:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from fairseq_awd.errors import FairseqAWDError
+from fairseq_awd.grid import check_finite
 
 _TAGGED = re.compile(r"^([SHDPT])-([^\t]*)\t")
 
@@ -54,9 +55,10 @@ def _score(path: str, lineno: int, tag: str, value: str) -> float:
         score = float(value)
     except ValueError:
         raise _error(path, lineno, f"{tag}- line: score '{value}' is not a number") from None
-    if math.isnan(score):
-        raise _error(path, lineno, f"{tag}- line: score is NaN")
-    return score
+    return check_finite(score, f"{path}:{lineno}: {tag}- line: score",
+                        "a translation score of +inf always wins the reranking, and NaN or "
+                        "-inf cannot be ranked; generate the n-best list again (a model "
+                        "whose scores are not finite diverged: use another checkpoint)")
 
 
 def parse_nbest(path: str) -> List[NBestList]:
@@ -64,9 +66,10 @@ def parse_nbest(path: str) -> List[NBestList]:
 
     Other lines (logging, the final BLEU line) are skipped. Raises FairseqAWDError naming
     ``file:line`` for a malformed ``S/T/H/D/P`` line, a ``D-``/``P-`` line without its
-    ``H-`` line, a ``P-`` line with fewer scores than its hypothesis has tokens, an empty
-    file, and source ids without hypotheses (an ``S-``/``T-`` line with no ``H-`` line,
-    or a gap in the ids ``0..max``). A cut file is refused too: one whose last line has
+    ``H-`` line, a score that is not a finite number (NaN, ``inf``, ``-inf``), a ``P-``
+    line with fewer scores than its hypothesis has tokens, an empty file, and source ids
+    without hypotheses (an ``S-``/``T-`` line with no ``H-`` line, or a gap in the ids
+    ``0..max``). A cut file is refused too: one whose last line has
     no newline (cut inside it), or an ``H-`` line without the ``D-`` line that the other
     hypotheses have (cut between lines).
     """

@@ -7,7 +7,17 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from fairseq_awd.errors import FairseqAWDError
-from fairseq_awd.fusion import IncrementalFusionSequenceGenerator, check_lm_dictionary
+from fairseq_awd.fusion import (
+    IncrementalFusionSequenceGenerator,
+    check_lm_dictionary,
+    lm_task_config,
+)
+from fairseq_awd.grid import check_finite
+from fairseq_awd.rescoring.lm_scorer import check_forward_lm
+
+# fairseq's generation options that weigh the terms of a hypothesis' score, with their
+# defaults: a NaN or infinite one decides every comparison of the beam search
+FUSED_WEIGHTS = {"lm_weight": 1.0, "lenpen": 1.0, "unkpen": 0.0}
 
 
 @register_task("translation_lm_fusion", dataclass=TranslationConfig)
@@ -16,14 +26,21 @@ class TranslationLMFusionTask(TranslationTask):
     hypotheses and scores as ``--task translation --lm-path LM --lm-weight W``, with the LM
     reading each target token once (O(T) per hypothesis instead of O(T^2)).
 
-    The LM's dictionary must be the translation model's target dictionary; a different
-    one is refused (FairseqAWDError).
+    Refused with FairseqAWDError: an LM whose dictionary is not the translation model's
+    target dictionary, a backward LM (trained with ``--reverse-tokens``, as the rescorer
+    refuses it), and a ``--lm-weight``, ``--lenpen`` or ``--unkpen`` that is NaN or infinite.
     """
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None,
                         prefix_allowed_tokens_fn=None):
+        for option, default in FUSED_WEIGHTS.items():
+            value, flag = getattr(args, option, None), f"--{option.replace('_', '-')}"
+            if value is not None:
+                check_finite(value, flag, f"give a finite number, e.g. {flag} {default:g}")
         lm_model = (extra_gen_cls_kwargs or {}).get("lm_model")
         if lm_model is not None and seq_gen_cls is None:
+            if getattr(args, "lm_path", None):
+                check_forward_lm(lm_task_config(args.lm_path), f"--lm-path {args.lm_path}")
             data = self.cfg.data.split(os.pathsep)[0]
             target = f"{data}/dict.{self.cfg.target_lang or 'TGT'}.txt"
             check_lm_dictionary(lm_model, self.target_dictionary, f"the target dictionary {target}")
