@@ -32,7 +32,7 @@ CUDA_PRECISIONS = {"fp16": (["--fp16"], torch.float16, FP16Optimizer),
 
 def build(precision, optimizer_args, device="cpu"):
     flags, dtype, wrapper = (CUDA_PRECISIONS if device == "cuda" else PRECISIONS)[precision]
-    argv = ["data", "--task", "language_modeling", "--arch", "transformer_lm", "--lr", str(LR),
+    argv = ["data", "--task", "awd_language_modeling", "--arch", "awd_lstm_lm", "--lr", str(LR),
             "--fp16-init-scale", "1", *optimizer_args, *flags]
     cfg = convert_namespace_to_omegaconf(
         options.parse_args_and_arch(options.get_training_parser(), argv))
@@ -118,7 +118,7 @@ def test_discriminative_adam_keeps_its_layer_rates(precision):
 
 def test_discriminative_adam_refuses_untagged_parameters():
     """fairseq's default --fp16 hands the optimizer one flat fp32 copy without tags."""
-    argv = ["data", "--task", "language_modeling", "--arch", "transformer_lm",
+    argv = ["data", "--task", "awd_language_modeling", "--arch", "awd_lstm_lm",
             "--optimizer", "discriminative_adam"]
     cfg = convert_namespace_to_omegaconf(
         options.parse_args_and_arch(options.get_training_parser(), argv))

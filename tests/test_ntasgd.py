@@ -277,7 +277,7 @@ def test_fairseq_command_line():
 
     parser = options.get_training_parser()
     argv = (
-        "data --task language_modeling --arch transformer_lm --lr 30"
+        "data --task awd_language_modeling --arch awd_lstm_lm --lr 30"
         " --optimizer ntasgd --nonmono 2 --weight-decay 1e-4"
         " --lr-scheduler divide_at_epochs --when 3,5 --when-factor 4"
     )

@@ -113,6 +113,7 @@ class BPTTStreams(FairseqDataset):
 
     def __getitem__(self, window: Window):
         start, length = window
-        inputs = self.streams[start : start + length].t()
-        targets = self.streams[start + 1 : start + 1 + length].t()
+        # contiguous: fairseq's cross_entropy flattens the targets with view()
+        inputs = self.streams[start : start + length].t().contiguous()
+        targets = self.streams[start + 1 : start + 1 + length].t().contiguous()
         return inputs, targets, start, self.split

@@ -173,8 +173,12 @@ def encoder_arguments(dictionary: Dictionary, cfg: AWDRNNConfig,
     of the top layer: ``--decoder-out-embed-dim``, by default the embedding size), the
     dropouts and the dictionary's fingerprint. The dropouts are checked by ``AWDEncoder``
     (see ``build_encoder``), the layers' options by the layers' constructors."""
-    if cfg.decoder_layers < 1:
-        raise FairseqAWDError("--decoder-layers must be at least 1")
+    for option, value in (("--decoder-layers", cfg.decoder_layers),
+                          ("--decoder-embed-dim", cfg.decoder_embed_dim),
+                          ("--decoder-hidden-size", cfg.decoder_hidden_size),
+                          ("--decoder-out-embed-dim", cfg.decoder_out_embed_dim)):
+        if value is not None and value < 1:
+            raise FairseqAWDError(f"{option} must be at least 1, got {value}")
     embed_tokens = nn.Embedding(len(dictionary), cfg.decoder_embed_dim, dictionary.pad())
     sizes = [cfg.decoder_embed_dim] + [cfg.decoder_hidden_size] * (cfg.decoder_layers - 1)
     sizes.append(cfg.decoder_out_embed_dim or cfg.decoder_embed_dim)

@@ -12,7 +12,7 @@ import torch
 from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from fairseq.optim.fp16_optimizer import _FP16OptimizerMixin
-from omegaconf import II
+from omegaconf import II, DictConfig
 
 from fairseq_awd.errors import FairseqAWDError
 
@@ -232,6 +232,7 @@ class FairseqNTASGD(FairseqOptimizer):
     """
 
     def __init__(self, cfg: NTASGDConfig, params: Params) -> None:
+        check_task_drives_ntasgd(cfg)
         super().__init__(cfg)
         self._optimizer = NTASGD(params, **self.optimizer_config)
 
@@ -265,6 +266,27 @@ class FairseqNTASGD(FairseqOptimizer):
 
     def observe_validation_loss(self, loss: float) -> bool:
         return self._optimizer.observe_validation_loss(loss)
+
+
+def check_task_drives_ntasgd(cfg) -> None:
+    """Raise FairseqAWDError if the run's task (the root of the optimizer's ``cfg``) does
+    not drive NT-ASGD: its averaging switch lives in the task's validation hooks, so under
+    another task (e.g. fairseq's ``language_modeling``) it would be plain SGD, silently.
+    A task drives it by setting ``drives_ntasgd = True``. Nothing is checked for a config
+    without a run around it (an optimizer built directly)."""
+    root = cfg._get_parent() if isinstance(cfg, DictConfig) else None
+    task = root.get("task") if isinstance(root, DictConfig) else None
+    name = task.get("_name") if isinstance(task, DictConfig) else None
+    if name is None:
+        return
+    from fairseq.tasks import TASK_REGISTRY
+
+    if not getattr(TASK_REGISTRY.get(name), "drives_ntasgd", False):
+        raise FairseqAWDError(
+            f"--optimizer ntasgd needs --task awd_language_modeling: under --task {name} its "
+            "switch to averaging (driven by that task's validation hooks) would never fire; "
+            "use --task awd_language_modeling, or another optimizer (e.g. --optimizer sgd)"
+        )
 
 
 def ntasgd_of(optimizer: FairseqOptimizer) -> Optional[NTASGD]:

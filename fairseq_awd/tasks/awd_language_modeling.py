@@ -30,10 +30,12 @@ from fairseq.data import (
 )
 from fairseq.data.indexed_dataset import MMapIndexedDataset
 from fairseq.dataclass import FairseqDataclass
+from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY, FairseqLanguageModel
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
 from fairseq_awd.data import BPTTStreams, bptt_windows, data_parallel_position
+from fairseq_awd.data.binarized_check import check_binarized
 from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.optim.ntasgd import NTASGD, ntasgd_of, show_average_weights, show_raw_weights
 from fairseq_awd.optim.step_lr_scale import scaled_learning_rates
@@ -93,6 +95,8 @@ class AWDLanguageModelingTask(FairseqTask):
     ``src_tokens``/``src_lengths`` windows.
     """
 
+    drives_ntasgd = True  # its validation hooks switch NT-ASGD to averaging
+
     def __init__(self, cfg: AWDLanguageModelingConfig, dictionary: Dictionary):
         super().__init__(cfg)
         self.dictionary = dictionary
@@ -122,6 +126,8 @@ class AWDLanguageModelingTask(FairseqTask):
              "positive (the number of streams)"),
             ("--test-batch-size", cfg.test_batch_size, cfg.test_batch_size >= 1,
              "positive (the number of streams)"),
+            ("--batch-size", cfg.batch_size, cfg.batch_size is None or cfg.batch_size >= 1,
+             "positive (the number of streams per worker)"),
         ):
             if not valid:
                 raise FairseqAWDError(f"{option} must be {rule}, got {value}")
@@ -131,6 +137,16 @@ class AWDLanguageModelingTask(FairseqTask):
         return cls(cfg, dictionary)
 
     def build_model(self, cfg, from_checkpoint=False):
+        name = getattr(cfg, "_name", None) or getattr(cfg, "arch", None)
+        model_cls = ARCH_MODEL_REGISTRY.get(name) or MODEL_REGISTRY.get(name)
+        if model_cls is not None and not issubclass(model_cls, FairseqLanguageModel):
+            given = "the checkpoint holds model" if from_checkpoint else "--arch"
+            raise FairseqAWDError(
+                f"{given} {name}, which is not a language model: awd_language_modeling trains "
+                "and scores language models (--arch awd_lstm_lm, awd_qrnn_lm, ...); give a "
+                "checkpoint trained with --task awd_language_modeling, or use the task the "
+                f"model was made for (a classifier: --task awd_sentence_prediction)"
+            )
         model = super().build_model(cfg, from_checkpoint)
         self.stateful_model = getattr(model.decoder, "carries_stream_state", False)
         if self.stateful_model:
@@ -153,6 +169,13 @@ class AWDLanguageModelingTask(FairseqTask):
                     "awd_language_modeling needs --batch-size (the number of parallel "
                     "streams per worker); --max-tokens alone cannot define streams"
                 )
+            if self.cfg.max_tokens is not None:
+                raise FairseqAWDError(
+                    f"--max-tokens {self.cfg.max_tokens} does not apply to "
+                    "awd_language_modeling: a batch is --batch-size streams times one BPTT "
+                    "window of about --bptt tokens; drop --max-tokens (for fewer tokens per "
+                    "step, lower --batch-size or --bptt)"
+                )
             return self.cfg.batch_size
         return self.cfg.test_batch_size if split.startswith("test") else self.cfg.valid_batch_size
 
@@ -166,6 +189,9 @@ class AWDLanguageModelingTask(FairseqTask):
         prefix = os.path.join(paths[(epoch - 1) % len(paths)], split)
         if os.path.isfile(prefix + ".bin") and os.path.getsize(prefix + ".bin") == 0:
             raise FairseqAWDError(f"split '{split}' at {prefix} is empty: give it some text")
+        dict_path = os.path.join(paths[0], "dict.txt")
+        for shard in _shard_prefixes(prefix, combine):
+            check_binarized(shard, self.dictionary, dict_path, f"--only-source --{split}pref TEXT")
         data = data_utils.load_indexed_dataset(prefix, self.dictionary, combine=combine)
         if data is None:
             raise FairseqAWDError(
@@ -377,8 +403,9 @@ class StreamStateIterator(iterators.EpochBatchIterator):
         if saved is None or state_dict.get("iterations_in_epoch", 0) == 0:
             return
         if tuple(state_dict["stream_rank"]) != data_parallel_position():
-            logger.warning("the checkpoint holds the stream states of worker %d of %d: this "
-                           "worker's streams restart from zeros", *state_dict["stream_rank"])
+            logger.warning("the checkpoint holds the stream states of worker %d of %d, this is "
+                           "worker %d of %d: they are dropped and this worker's streams restart "
+                           "from zeros", *state_dict["stream_rank"], *data_parallel_position())
             return
         if len(saved) != len(self.stream_states):
             raise FairseqAWDError(
@@ -386,9 +413,26 @@ class StreamStateIterator(iterators.EpochBatchIterator):
                 f"has {len(self.stream_states)}: resume with the same model, or pass "
                 "--reset-dataloader to restart the epoch"
             )
+        saved_streams = {layers[0][0].size(1) for layers in saved if layers}
+        if saved_streams and saved_streams != {self.dataset.batch_size}:
+            logger.warning("the checkpoint holds the recurrent states of %d streams (its "
+                           "--batch-size), this run has %d: they are dropped, every stream "
+                           "restarts from zeros and the epoch goes on from window %d of the new "
+                           "layout", saved_streams.pop(), self.dataset.batch_size,
+                           state_dict["iterations_in_epoch"])
+            return
         for states, layers in zip(self.stream_states, saved):
             if layers is not None:
                 states[self.dataset.split] = [tuple(pair) for pair in layers]
+
+
+def _shard_prefixes(prefix: str, combine: bool) -> List[str]:
+    """``prefix`` and, with ``combine``, the ``prefix1``, ``prefix2``, ... that fairseq's
+    ``load_indexed_dataset`` appends while they exist."""
+    prefixes = [prefix]
+    while combine and os.path.isfile(f"{prefix}{len(prefixes)}.idx"):
+        prefixes.append(f"{prefix}{len(prefixes)}")
+    return prefixes
 
 
 def _concatenate(data) -> torch.Tensor:

@@ -16,6 +16,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig, SentencePredictionTask
 from omegaconf import OmegaConf, open_dict
 
+from fairseq_awd.data.binarized_check import check_binarized
 from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.tasks.cpu_bf16 import allow_bf16_on_cpu
 
@@ -75,9 +76,22 @@ class AWDSentencePredictionTask(SentencePredictionTask):
         return model
 
     def load_dataset(self, split, combine=False, **kwargs):
+        self.check_binarized(split)
         if not self.cfg.regression_target:
             self.check_labels(split, combine)
         return super().load_dataset(split, combine=combine, **kwargs)
+
+    def check_binarized(self, split: str) -> None:
+        """``check_binarized`` on each of the split's inputs and its labels (fairseq's
+        sentence_prediction layout: ``input0/``, ``input1/``, ``label/``)."""
+        parts = [("input0", self.source_dictionary), ("input1", self.source_dictionary)]
+        if not self.cfg.regression_target:
+            parts.append(("label", self.label_dictionary))
+        for key, dictionary in parts:
+            directory = os.path.join(self.cfg.data, key)
+            check_binarized(os.path.join(directory, split), dictionary,
+                            os.path.join(directory, "dict.txt"),
+                            f"--only-source --{split}pref TEXT.{key}")
 
     def check_labels(self, split: str, combine: bool = False) -> None:
         """Raise FairseqAWDError if a label of ``split`` is ``<unk>`` (not in

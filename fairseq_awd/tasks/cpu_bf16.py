@@ -6,6 +6,10 @@ fairseq 0.12 wrote ``--bf16`` for TPUs: its ``add_defaults`` turns on ``--tpu`` 
 tasks are the first code that sees the parsed configuration after that, before the trainer
 is built, so they turn ``--tpu`` off again where ``--cpu`` says the run is on the CPU.
 
+Several processes cannot run ``--bf16 --cpu``: fairseq starts them, before any task is set
+up, as TPU workers through ``torch_xla`` when ``--tpu`` is on, and otherwise one per GPU;
+``refuse_bf16_cpu_ranks`` turns that into one line.
+
 They also make glibc return freed memory of 128 KiB and more to the system at once
 (``mallopt`` ``M_MMAP_THRESHOLD``/``M_TRIM_THRESHOLD``). The bf16 products' buffers change
 size with every BPTT length, and under glibc's default, which raises its thresholds as
@@ -16,9 +20,13 @@ between 1.5 and 2.1 GB over an epoch (README, *Memory under --bf16 --cpu*).
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 
+from fairseq.distributed import utils as distributed_utils
 from omegaconf import DictConfig, open_dict
+
+from fairseq_awd.errors import FairseqAWDError
 
 logger = logging.getLogger(__name__)
 
@@ -54,3 +62,30 @@ def release_freed_memory_promptly() -> bool:
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, PROMPT_RELEASE_BYTES)
                 and mallopt(M_TRIM_THRESHOLD, PROMPT_RELEASE_BYTES))
+
+
+def refuse_bf16_cpu_ranks() -> None:
+    """Wrap fairseq's ``distributed_utils.call_main`` (idempotent), through which every
+    fairseq command starts its processes, to refuse ``--bf16 --cpu`` with
+    ``--distributed-world-size`` above 1 in one line (fairseq would ask torch_xla for TPU
+    workers). fairseq's commands look the function up when they call it."""
+    original = distributed_utils.call_main
+    if getattr(original, "_fairseq_awd_refuses_bf16_cpu_ranks", False):
+        return
+
+    @functools.wraps(original)
+    def call_main(cfg, main, **kwargs):
+        common, distributed = cfg.common, cfg.distributed_training
+        if common.bf16 and common.cpu and distributed.distributed_world_size > 1:
+            raise FairseqAWDError(
+                f"--bf16 --cpu runs in one process, not {distributed.distributed_world_size}: "
+                "fairseq starts several processes only on GPUs, or as TPU workers (which "
+                "--bf16 implies); drop --distributed-world-size, or train on GPUs"
+            )
+        return original(cfg, main, **kwargs)
+
+    call_main._fairseq_awd_refuses_bf16_cpu_ranks = True
+    distributed_utils.call_main = call_main
+
+
+refuse_bf16_cpu_ranks()  # the plugin is imported by --user-dir before the command starts
