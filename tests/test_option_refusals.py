@@ -8,6 +8,7 @@ import shutil
 import pytest
 from fairseq.data import Dictionary
 from fairseq_cli_helpers import (
+    TRAIN_DEFAULTS,
     USER_DIR,
     assert_one_line_error,
     binarize,
@@ -104,3 +105,28 @@ def test_plain_lstm_lm_with_fairseqs_cross_entropy(setup, tmp_path):
     train(data, tmp_path, ["--arch", "lstm_lm", "--decoder-embed-dim", "16",
                            "--decoder-hidden-size", "16", "--decoder-out-embed-dim", "16",
                            "--criterion", "cross_entropy", "--max-update", "2", "--no-save"])
+
+
+@pytest.mark.parametrize("arch, task_option", [("transformer_lm", "max_target_positions"),
+                                               ("awd_lstm_classifier", "max_positions")])
+def test_an_architecture_of_another_task(setup, tmp_path, arch, task_option):
+    """fairseq resolves the architecture's task options before any task code runs."""
+    _, data = setup
+    proc = run("train", [str(data), *TRAIN_DEFAULTS, "--arch", arch, "--max-update", "1",
+                         "--save-dir", str(tmp_path / "ckpt")], check=False)
+    assert_one_line_error(proc, f"--arch {arch} reads the task option {task_option}",
+                          "--task awd_language_modeling does not have")
+
+
+def test_restore_file_of_another_dictionary(setup, tmp_path):
+    """The plugin's dictionary check raises inside fairseq's trainer, which re-raises it as
+    a plain Exception: still one line, the plugin's."""
+    root, _ = setup
+    other = binarize(tmp_path / "other", {"train": real_text_lines("train", 200)[100:],
+                                          "valid": real_text_lines("valid", 60)})
+    assert len(Dictionary.load(str(other / "dict.txt"))) != len(
+        Dictionary.load(str(setup[1] / "dict.txt")))
+    proc = train(other, tmp_path / "ckpt", [
+        "--max-update", "3", "--restore-file", str(root / "ckpt" / "checkpoint_last.pt")],
+        check=False)
+    assert_one_line_error(proc, "trained with a different dictionary than the data's dict.txt")
