@@ -16,7 +16,7 @@ BIN := $(VENV)/bin
 # build.ninja to the same build directory, so setuptools' parallel build_ext races on it.
 BUILD_ENV := CFLAGS=-g0
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast test-faults lint clean
 
 install: $(VENV)/.installed
 
@@ -37,10 +37,15 @@ lint: install
 PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test: lint
-	$(PYTEST) tests
+	$(PYTEST) -m "not faults" tests
 
 test-fast: lint
-	$(PYTEST) -m "not e2e" tests
+	$(PYTEST) -m "not e2e and not faults" tests
+
+# The fault-injection loops: 50 SIGKILLs at random moments of a training that saves after
+# every update, each followed by a check of every checkpoint and a resume (minutes).
+test-faults: install
+	$(BIN)/python -m pytest -q -s -m faults tests/test_checkpoint_faults.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-output

@@ -112,21 +112,35 @@ def test_eval_lm_refuses_an_unreadable_checkpoint(setup, tmp_path, kind):
     proc = run("eval_lm", [str(data), "--user-dir", USER_DIR, "--task", "awd_language_modeling",
                            "--path", str(bad), "--cpu"], check=False)
     assert_one_line_error(proc, f"{bad} is not a readable fairseq checkpoint",
-                          f"other checkpoints in {tmp_path}: good.pt", f"or remove {bad}")
+                          f"good.pt in {tmp_path} is readable (checked)", f"or remove {bad}")
 
 
-def test_resume_from_a_cut_checkpoint_last_names_the_others(setup, tmp_path):
+def test_unreadable_checkpoint_recommends_only_a_readable_one(setup, tmp_path):
+    _, data, save_dir = setup
+    bad = _truncated(save_dir / "checkpoint_last.pt", tmp_path / "bad.pt")
+    _truncated(save_dir / "checkpoint_last.pt", tmp_path / "newer_but_cut.pt")
+    proc = run("eval_lm", [str(data), "--user-dir", USER_DIR, "--task", "awd_language_modeling",
+                           "--path", str(bad), "--cpu"], check=False)
+    line = assert_one_line_error(proc, f"no readable checkpoint in {tmp_path}")
+    assert "newer_but_cut.pt" not in line
+    proc = run("eval_lm", [str(data), "--user-dir", USER_DIR, "--task", "awd_language_modeling",
+                           "--path", "/dev/null", "--cpu"], check=False)
+    line = assert_one_line_error(proc, "/dev/null is not a readable fairseq checkpoint",
+                                 "give a checkpoint file written by fairseq-train")
+    assert "remove" not in line and line.count("/dev/") == 1
+
+
+def test_resume_from_a_cut_checkpoint_last_uses_the_newest_readable_one(setup, tmp_path):
     _, data, save_dir = setup
     ckpt = tmp_path / "ckpt"
     shutil.copytree(save_dir, ckpt)
-    shutil.copy(ckpt / "checkpoint_best.pt", ckpt / "checkpoint3.pt")
     _truncated(save_dir / "checkpoint_last.pt", ckpt / "checkpoint_last.pt")
-    before = snapshot(ckpt)
-    proc = train(data, ckpt, ["--max-update", "4", "--no-epoch-checkpoints"], check=False)
-    assert_one_line_error(proc, f"{ckpt / 'checkpoint_last.pt'} is not a readable",
-                          "truncated", "checkpoint3.pt, checkpoint_best.pt", "--restore-file",
-                          f"or remove {ckpt / 'checkpoint_last.pt'}")
-    assert snapshot(ckpt) == before
+    proc = train(data, ckpt, ["--max-update", "3", "--no-epoch-checkpoints"], check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(rf"WARNING .*{ckpt / 'checkpoint_last.pt'} is unreadable .*resuming from "
+                     rf"{ckpt / 'checkpoint_best.pt'}", proc.stdout)
+    assert re.search(r"Loaded checkpoint \S+checkpoint_best.pt \(epoch \d+ @ 2 updates\)",
+                     proc.stdout)
 
 
 def test_load_errors_other_than_a_bad_file_are_kept(setup, tmp_path):
