@@ -258,6 +258,7 @@ def _evil_checkpoint(tmp_path: Path) -> Path:
 
 def _assert_refused(message: str, path: Path) -> None:
     assert f"{path}: refused to load: its pickle names posix.system" in message, message
+    assert message.count(str(path)) == 1, message  # named once
     assert "weights_only" not in message
     assert not (path.parent / "marker").exists()
 

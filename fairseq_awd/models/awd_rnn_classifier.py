@@ -93,6 +93,8 @@ def load_lm_checkpoint(path: str, expected_model: str
         raise FairseqAWDError(f"--pretrained-lm {path}: no such file; {fix}")
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    except FairseqAWDError as err:  # the loader's own message names the file and the fix
+        raise FairseqAWDError(f"--pretrained-lm: {err}") from None
     except Exception as err:
         raise FairseqAWDError(f"--pretrained-lm {path} is not a fairseq checkpoint ({err}); "
                               f"{fix}") from err
