@@ -3,6 +3,8 @@
 import os
 import re
 import sys
+import traceback
+from typing import Optional, Tuple
 
 
 class FairseqAWDError(ValueError):
@@ -52,9 +54,43 @@ def _missing_task_option(exc: BaseException) -> str:
             "awd_lstm_lm*, awd_qrnn_lm*; awd_sentence_prediction: awd_*_classifier)")
 
 
+def _undecodable_line(path: str) -> Optional[Tuple[int, int]]:
+    """``(line, byte offset)`` of the first line of ``path`` that is not UTF-8, or None."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return number, offset + err.start
+            offset += len(raw)
+    return None
+
+
+def _not_utf8_input(exc: BaseException) -> str:
+    """One line for fairseq-preprocess given text that is not UTF-8, naming the first such
+    file and line: fairseq's line reader fails on it with "negative seek position -1" (it
+    steps back one byte per undecodable byte) or a UnicodeDecodeError; "" otherwise."""
+    files = [f.f_code.co_filename for f, _ in traceback.walk_tb(exc.__traceback__)]
+    if not (isinstance(exc, UnicodeDecodeError) or str(exc) == "negative seek position -1"
+            or any(name.endswith("file_chunker_utils.py") for name in files)):
+        return ""
+    languages = [_option_value(o) for o in ("--source-lang", "--target-lang")]
+    for option in ("--trainpref", "--validpref", "--testpref"):
+        for prefix in _option_value(option).split(","):
+            for path in [prefix] + [f"{prefix}.{lang}" for lang in languages if lang != "?"]:
+                where = _undecodable_line(path) if os.path.isfile(path) else None
+                if where:
+                    return (f"{path} is not UTF-8 text (line {where[0]}, byte {where[1]}), and "
+                            "fairseq-preprocess reads UTF-8: convert it first, e.g. "
+                            f"iconv -f LATIN1 -t UTF-8 {path} > {path}.utf8")
+    return ""
+
+
 def _excepthook(exc_type, exc, tb, _previous=sys.excepthook):
     plugin_error = _plugin_error(exc)
-    message = str(plugin_error) if plugin_error is not None else _missing_task_option(exc)
+    message = (str(plugin_error) if plugin_error is not None
+               else _missing_task_option(exc) or _not_utf8_input(exc))
     if message:
         print(f"fairseq_awd: error: {message}", file=sys.stderr)
         return

@@ -130,3 +130,16 @@ def test_restore_file_of_another_dictionary(setup, tmp_path):
         "--max-update", "3", "--restore-file", str(root / "ckpt" / "checkpoint_last.pt")],
         check=False)
     assert_one_line_error(proc, "trained with a different dictionary than the data's dict.txt")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_preprocess_of_text_that_is_not_utf8(tmp_path, workers):
+    """fairseq's own reader fails on it with "negative seek position -1"; with the plugin
+    loaded, one line names the file and line."""
+    text = tmp_path / "latin1.txt"
+    text.write_bytes("the first line\ncaf\u00e9 au lait\n".encode("latin-1"))
+    proc = run("preprocess", ["--only-source", "--trainpref", str(text), "--destdir",
+                              str(tmp_path / "bin"), "--workers", workers, "--user-dir", USER_DIR],
+               check=False)
+    assert_one_line_error(proc, f"{text} is not UTF-8 text (line 2, byte 18)",
+                          "fairseq-preprocess reads UTF-8", "iconv")
