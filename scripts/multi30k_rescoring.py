@@ -229,18 +229,20 @@ def run_seed(args: argparse.Namespace, text: Path, mt_bin: Path, lm_bin: Path, s
     outputs: Dict[str, Dict[str, List[str]]] = {
         split: {BEAM: first_best(nbest[split])} for split in TEST_SETS}
     weights = {}
+    first, *others = TEST_SETS
     for name, (stem, options) in RERANKERS.items():
         options = [x for o in options for x in (channel if o == "CHANNEL" else [o])]
         record = run_dir / f"weights.{stem}.json"
-        # tuned on val alone; the test sets are only ever reranked with the weights fixed
-        rescore("valid", run_dir / f"valid.{stem}.en", [
+        # Tuned on val alone, in the run that reranks the first test set (the rescorer refuses
+        # to rerank the list it tunes on); the other test sets get the weights fixed.
+        outputs[first][name] = rescore(first, run_dir / f"{first}.{stem}.en", [
             *options, "--tune-nbest", str(nbest["valid"]), "--tune-ref",
             str(text / "valid.ref.en"), "--smooth-tuning", "--weights-out", str(record)])
         weights[name] = json.loads(record.read_text(encoding="utf-8"))
         fixed = [f"--{feature}-weight={w}" for feature, w in weights[name]["weights"].items()]
         if weights[name]["length_feature"] == "source-gap":
             fixed.append(f"--length-ratio={weights[name]['length_ratio']}")
-        for split in TEST_SETS:
+        for split in others:
             outputs[split][name] = rescore(split, run_dir / f"{split}.{stem}.en",
                                            [*options, *fixed])
 
