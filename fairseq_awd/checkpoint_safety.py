@@ -42,7 +42,7 @@ from fairseq.file_io import PathManager
 from omegaconf import open_dict
 
 from fairseq_awd.checkpoint_compat import checkpoint_updates
-from fairseq_awd.errors import FairseqAWDError
+from fairseq_awd.errors import FairseqAWDError, find_in_chain
 
 logger = logging.getLogger("fairseq_awd.checkpoint_safety")
 
@@ -56,13 +56,7 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCE
 def _os_error(err: BaseException) -> Optional[OSError]:
     """The OSError behind ``err`` (torch.save reports a failed write as a RuntimeError whose
     context is the OSError of ``write``), or None."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, OSError) and err.errno is not None:
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
+    return find_in_chain(err, lambda e: isinstance(e, OSError) and e.errno is not None)
 
 
 def write_error(path: str, err: BaseException) -> Optional[FairseqAWDError]:

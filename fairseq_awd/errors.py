@@ -4,24 +4,31 @@ import os
 import re
 import sys
 import traceback
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 
 class FairseqAWDError(ValueError):
     """Bad input or options: the message names the problem and the fix."""
 
 
-def _plugin_error(exc: BaseException):
-    """The FairseqAWDError that ``exc`` is, or that it was raised from or while handling:
-    fairseq re-raises some errors as a plain Exception of its own (e.g. the trainer's
-    "Cannot load model parameters from checkpoint")."""
+def find_in_chain(exc: Optional[BaseException],
+                  match: Callable[[BaseException], bool]) -> Optional[BaseException]:
+    """The first exception of ``exc``'s chain (``exc``, then what it was raised from or
+    while handling, and so on) for which ``match`` is true, or None."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, FairseqAWDError):
+        if match(exc):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def _plugin_error(exc: BaseException):
+    """The FairseqAWDError that ``exc`` is, or that it was raised from or while handling:
+    fairseq re-raises some errors as a plain Exception of its own (e.g. the trainer's
+    "Cannot load model parameters from checkpoint")."""
+    return find_in_chain(exc, lambda e: isinstance(e, FairseqAWDError))
 
 
 def _option_value(option: str) -> str:
