@@ -44,6 +44,9 @@ setup(
         # The CUDA ForgetMult: the cupy built for your CUDA (torch.version.cuda).
         "cuda12": ["cupy-cuda12x"],
         "cuda13": ["cupy-cuda13x"],
+        # tests/test_forget_mult_cuda_source.py: NVRTC compiles the CUDA kernel without a
+        # GPU or driver (about 70 MB of wheels; make install installs it)
+        "cuda-check": ["nvidia-cuda-nvrtc>=13,<14", "cuda-bindings>=13,<14"],
         # scripts/plot_valid_curve.py
         "plot": ["matplotlib>=3.5"],
         "dev": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "matplotlib>=3.5"],

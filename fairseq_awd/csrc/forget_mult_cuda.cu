@@ -4,6 +4,10 @@
 //   h_t = g_t * x_t + (1 - f_t) * h_{t-1},   g = f unless an input gate is given.
 // Half and bfloat16 are stored as raw 16-bit words (no cuda_fp16.h / cuda_bf16.h needed)
 // and accumulated in fp32; float and double accumulate in their own precision.
+//
+// FORGET_MULT_HOST_BUILD: tests/test_forget_mult_cuda_source.py also compiles this file as
+// host C++ through forget_mult_cuda_host.cpp, which supplies __global__, the thread
+// indices and the two fp16 conversions below in portable code; cupy's build never sets it.
 
 struct Half { unsigned short bits; };
 struct BFloat16 { unsigned short bits; };
@@ -13,11 +17,20 @@ template <> struct Acc<double> { typedef double type; };
 
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(Half v) {
+#ifndef FORGET_MULT_HOST_BUILD
+__device__ __forceinline__ float half_bits_to_float(unsigned short bits) {
   float out;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(out) : "h"(v.bits));
+  asm("cvt.f32.f16 %0, %1;" : "=f"(out) : "h"(bits));
   return out;
 }
+__device__ __forceinline__ unsigned short float_to_half_bits(float v) {
+  unsigned short bits;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(v));
+  return bits;
+}
+#endif
+
+__device__ __forceinline__ float to_acc(Half v) { return half_bits_to_float(v.bits); }
 __device__ __forceinline__ float to_acc(BFloat16 v) {
   return __uint_as_float(static_cast<unsigned int>(v.bits) << 16);
 }
@@ -27,7 +40,7 @@ template <> __device__ __forceinline__ float from_acc<float>(float v) { return v
 template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
 template <> __device__ __forceinline__ Half from_acc<Half>(float v) {
   Half out;
-  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(out.bits) : "f"(v));
+  out.bits = float_to_half_bits(v);
   return out;
 }
 template <> __device__ __forceinline__ BFloat16 from_acc<BFloat16>(float v) {

@@ -21,20 +21,23 @@ KERNEL_TYPES = {
     torch.bfloat16: "BFloat16",
 }
 THREADS_PER_BLOCK = 256
+# What cupy compiles: every template instance, with these options of ours (cupy adds its
+# own; tests/test_forget_mult_cuda_source.py compiles the same with NVRTC on the CPU).
+KERNEL_NAMES = tuple(
+    f"forget_mult_{direction}<{ctype}>"
+    for direction in ("forward", "backward")
+    for ctype in KERNEL_TYPES.values()
+)
+COMPILE_OPTIONS = ("--std=c++14",)
 
 
 @functools.cache
 def _module(device_index: int):
     import cupy
 
-    names = [
-        f"forget_mult_{direction}<{ctype}>"
-        for direction in ("forward", "backward")
-        for ctype in KERNEL_TYPES.values()
-    ]
     with cupy.cuda.Device(device_index):
         module = cupy.RawModule(
-            code=SOURCE.read_text(), options=("--std=c++14",), name_expressions=names
+            code=SOURCE.read_text(), options=COMPILE_OPTIONS, name_expressions=KERNEL_NAMES
         )
         module.compile()
     return module
@@ -42,21 +45,25 @@ def _module(device_index: int):
 
 def _launch(direction: str, tensors: List[Optional[torch.Tensor]], steps: int, columns: int,
             reverse: bool, like: torch.Tensor) -> None:
-    import cupy
-
     if like.dtype not in KERNEL_TYPES:
         raise ValueError(f"the CUDA ForgetMult kernel does not take {like.dtype}")
-    device = like.device.index if like.device.index is not None else torch.cuda.current_device()
-    kernel = _module(device).get_function(f"forget_mult_{direction}<{KERNEL_TYPES[like.dtype]}>")
+    name = f"forget_mult_{direction}<{KERNEL_TYPES[like.dtype]}>"
     pointers = tuple(np.uint64(0 if t is None else t.data_ptr()) for t in tensors)
     blocks = (columns + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream, device)
-    with cupy.cuda.Device(device), stream:
-        kernel(
-            (blocks,),
-            (THREADS_PER_BLOCK,),
-            pointers + (np.int64(steps), np.int64(columns), np.int32(reverse)),
-        )
+    arguments = pointers + (np.int64(steps), np.int64(columns), np.int32(reverse))
+    _run_kernel(name, blocks, THREADS_PER_BLOCK, arguments, like.device)
+
+
+def _run_kernel(name: str, blocks: int, threads: int, arguments: tuple,
+                device: torch.device) -> None:
+    """Launch kernel ``name`` on ``(blocks,) x (threads,)`` on PyTorch's current stream."""
+    import cupy
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    kernel = _module(index).get_function(name)
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(index).cuda_stream, index)
+    with cupy.cuda.Device(index), stream:
+        kernel((blocks,), (threads,), arguments)
 
 
 def forward(f, x, input_gate, h0, reverse: bool) -> torch.Tensor:
