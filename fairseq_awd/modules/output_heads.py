@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adaptive_softmax import TiedAdaptiveSoftmax
+from .adaptive_softmax import TiedAdaptiveSoftmax, upcast_half
 from .mixture_of_softmaxes import MixtureOfSoftmaxes
 
 
@@ -84,11 +84,15 @@ class SoftmaxHead(OutputHead):
         return F.linear(features, weight, bias)
 
     def nll(self, output, target, weight, bias, ignore_index=-100):
-        return F.cross_entropy(output.reshape(-1, output.size(-1)).float(), target.reshape(-1),
-                               ignore_index=ignore_index, reduction="none").view(target.shape)
+        # upcast_half: fp16/bf16 logits in fp32, fp64 ones left in fp64 (as the other heads)
+        return F.cross_entropy(upcast_half(output.reshape(-1, output.size(-1))),
+                               target.reshape(-1), ignore_index=ignore_index,
+                               reduction="none").view(target.shape)
 
     def log_probs(self, output, weight, bias):
-        return F.log_softmax(output, dim=-1, dtype=torch.float32)
+        # fp16/bf16 in fp32 (the dtype argument: no fp32 copy of the logits), others as they are
+        half = output.dtype in (torch.float16, torch.bfloat16)
+        return F.log_softmax(output, dim=-1, dtype=torch.float32 if half else None)
 
 
 class PackedOutputHead(OutputHead):
@@ -125,7 +129,7 @@ class PackedOutputHead(OutputHead):
         inv_temperature = output[..., -1:]
         lprobs = self.packed_log_probs(output[..., :-1] / inv_temperature, weight, bias)
         if not bool(inv_temperature.eq(1).all()):
-            lprobs = torch.log_softmax(lprobs * inv_temperature.float(), dim=-1)
+            lprobs = torch.log_softmax(lprobs * inv_temperature.to(lprobs.dtype), dim=-1)
         return lprobs
 
 
