@@ -8,7 +8,9 @@
 #      plugin with `pip --no-build-isolation`, under a constraints file that pins the torch,
 #      numpy and cupy already installed, so none of them is replaced or downgraded;
 #   2. runs the CUDA tests (`pytest -m cuda`: ForgetMult kernels, weight drop on cuDNN,
-#      NT-ASGD averaging under fp16/bf16 with CUDA masters);
+#      NT-ASGD averaging under fp16/bf16 with CUDA masters), then the checks of the GPU path
+#      that also run on a CPU (the kernel compiled by NVRTC for every dtype and architecture,
+#      its source executed on the host, device placement);
 #   3. runs `benchmark_qrnn.py forget-mult` and `layer`;
 #   4. trains 200 updates of the paper's PTB AWD-LSTM in fp32 and in bf16, fairseq-train
 #      against the plain PyTorch loop (`benchmark_overhead.py --device cuda [--bf16]`);
@@ -17,7 +19,8 @@
 # No network is needed. Packages python3 lacks are installed from --wheels DIR
 # (pip --no-index --find-links DIR). On the H200 image (torch 2.11, cupy-cuda13x, numpy 2)
 # these are: fairseq-fixed==0.12.3.1 (sdist), hydra-core==1.3.2, omegaconf==2.3.0,
-# antlr4-python3-runtime==4.9.3 (sdist), bitarray, cffi, sacremoses, subword-nmt, mock;
+# antlr4-python3-runtime==4.9.3 (sdist), bitarray, cffi, sacremoses, subword-nmt, mock,
+# and, for the NVRTC compile test (skipped without them), cuda-bindings and cuda-pathfinder;
 # `pip download -d DIR NAME==VERSION` on a networked machine fetches them (binary wheels for
 # the target's Python: --python-version 3.12 --only-binary=:all: for bitarray and cffi).
 # --data: a binarized PTB (scripts/prepare_data.py ptb); without it, step 4 is skipped.
@@ -96,6 +99,13 @@ STATUS=0
 (cd "$REPO" && "$PY" -m pytest -q -m cuda -rs -p no:cacheprovider tests) > "$OUT/tests.log" 2>&1 \
     || { STATUS=1; note "CUDA tests FAILED: see $OUT/tests.log"; }
 note "$(tail -1 "$OUT/tests.log")"
+
+step "the GPU path's CPU checks (NVRTC compile, the kernel on the host, device placement)"
+# the same tests the suite runs on a CPU machine; here against the installed CUDA toolchain
+(cd "$REPO" && "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_forget_mult_cuda_source.py \
+    tests/test_device_placement.py) > "$OUT/cpu_checks.log" 2>&1 \
+    || { STATUS=1; note "CPU checks FAILED: see $OUT/cpu_checks.log"; }
+note "$(tail -1 "$OUT/cpu_checks.log")"
 
 step "benchmark_qrnn.py forget-mult"
 if [ $DRY = 1 ]; then

@@ -24,6 +24,8 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
     assert "Would install fairseq_awd" in summary
     assert not any(f" {name}-" in summary for name in ("torch", "numpy"))
     assert "skipped" in summary and "deselected" in summary  # pytest -m cuda, all skipped
+    checks = summary.split("## the GPU path's CPU checks")[1].split("## ")[0]
+    assert " passed" in checks and "failed" not in checks.lower()
     assert "| 2 | 8 | 16 |" in summary  # the layer benchmark's one size
     for precision in ("fp32", "bf16"):
         assert f"### {precision}" in summary
