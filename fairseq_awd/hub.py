@@ -1,10 +1,12 @@
 """Load a trained fairseq_awd model as fairseq's hub interface (``score``, ``sample``)."""
 
 import os
-from typing import List, Union
+from typing import List, Optional, Union
 
+import torch
 from fairseq import hub_utils
 
+from fairseq_awd.bf16_scoring import cast_for_bf16_scoring, scoring_dtype
 from fairseq_awd.errors import FairseqAWDError
 
 
@@ -35,6 +37,7 @@ def from_pretrained(
     checkpoint_dir: str,
     data: str,
     checkpoint_file: str = "checkpoint_best.pt",
+    dtype: Optional[Union[str, torch.dtype]] = None,
     **overrides,
 ) -> AWDHubInterface:
     """Return fairseq's hub interface (``fairseq.hub_utils.GeneratorHubInterface``) for a
@@ -46,6 +49,11 @@ def from_pretrained(
         checkpoint_dir: directory holding ``checkpoint_file``.
         data: binarized data directory whose ``dict.txt`` the model was trained with.
         checkpoint_file: file name inside ``checkpoint_dir``.
+        dtype: ``torch.bfloat16`` (or ``"bf16"``) for bf16 scoring and sampling: the model
+            runs in bf16, log-probabilities and their sums stay float32
+            (``fairseq_awd.bf16_scoring``); None or ``torch.float32`` (the default): float32,
+            also for a checkpoint trained with ``--bf16``. fairseq's ``bf16=True`` override
+            means the same.
         overrides: extra fairseq options (e.g. ``bpe="subword_nmt"``, ``tokenizer="moses"``).
 
     Raises FairseqAWDError for a missing checkpoint directory, checkpoint file or data
@@ -69,12 +77,24 @@ def from_pretrained(
     if not os.path.isdir(data):
         raise FairseqAWDError(f"no data directory {data}: give the binarized data directory "
                               "(with dict.txt) that the model was trained on")
+    bf16 = scoring_dtype(dtype) == torch.bfloat16
+    if "bf16" in overrides and dtype is not None and bool(overrides["bf16"]) != bf16:
+        raise FairseqAWDError(f"from_pretrained: dtype={dtype!r} and bf16={overrides['bf16']!r} "
+                              "disagree; give one of them")
+    bf16 = bf16 or bool(overrides.pop("bf16", False))
     user_dir = os.path.dirname(os.path.abspath(__file__))
     loaded = hub_utils.from_pretrained(
         checkpoint_dir,
         checkpoint_file=checkpoint_file,
         data_name_or_path=os.path.abspath(data),
         user_dir=user_dir,
+        # set either way: the checkpoint's own common.bf16 (a model trained with --bf16)
+        # would otherwise make the models' prepare_for_inference_ cast them unasked
+        bf16=bf16,
         **overrides,
     )
-    return AWDHubInterface(loaded["args"], loaded["task"], loaded["models"])
+    hub = AWDHubInterface(loaded["args"], loaded["task"], loaded["models"])
+    if bf16:  # the AWD models cast themselves in prepare_for_inference_; any other model here
+        for model in hub.models:
+            cast_for_bf16_scoring(model, path)
+    return hub

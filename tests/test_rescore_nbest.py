@@ -330,6 +330,33 @@ def test_channel_score_equals_forced_decoding_with_the_reverse_model(setup):
 
 
 @pytest.mark.e2e
+def test_channel_scores_in_bf16_within_half_a_percent(setup, monkeypatch):
+    """ChannelScorer(bf16=True) (fairseq-awd-rescore --bf16): the transformer runs in bf16
+    (the dtype its output projection sees), every pair's log p(x | y) within 0.5% of fp32's."""
+    from fairseq.models.transformer import TransformerDecoderBase
+
+    from fairseq_awd.rescoring import parse_nbest
+    from fairseq_awd.rescoring.channel_scorer import ChannelScorer
+
+    seen = set()
+    original = TransformerDecoderBase.output_layer
+    monkeypatch.setattr(TransformerDecoderBase, "output_layer",
+                        lambda self, x: seen.add(x.dtype) or original(self, x))
+    lists = parse_nbest(str(setup["nbest"]["test"]))[:8]
+    pairs = [(n.source, h.h_text) for n in lists for h in n.hypotheses[:2]]
+    scores = {}
+    for bf16, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        seen.clear()
+        channel = ChannelScorer(str(setup["channel"]), str(setup["mt_data"]), cpu=True,
+                                batch_size=4, bf16=bf16)
+        scores[bf16] = [s.logprob for s in channel.score([x for x, _ in pairs],
+                                                          [y for _, y in pairs])]
+        assert seen == {dtype}
+    for fp32, bf16 in zip(scores[False], scores[True]):
+        assert abs(bf16 / fp32 - 1) < 0.005, (fp32, bf16)
+
+
+@pytest.mark.e2e
 def test_noisy_channel_reranking_through_the_command(setup, tmp_path):
     from fairseq_awd.rescoring import parse_nbest
     from fairseq_awd.rescoring.cli import main

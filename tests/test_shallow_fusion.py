@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
+import torch
 from fairseq_cli_helpers import (
     TINY_MODEL,
     TRAIN_DEFAULTS,
@@ -102,6 +103,37 @@ def test_incremental_fusion_equals_plain_fusion(setup):
     _assert_same(incremental, plain, atol=1e-4)
     unfused = setup["unfused"]
     assert any(unfused[sid][0] != plain[sid][0] for sid in plain)  # the LM does count
+
+
+def test_bf16_fusion_runs_both_models_in_bf16(setup, monkeypatch):
+    """fairseq-generate --bf16 --cpu --task translation_lm_fusion: the translation model and
+    the LM run in bf16 (the dtypes their output layers see); the fused hypotheses' scores
+    stay close to fp32's (the beam's sums are float32)."""
+    from fairseq.models.transformer import TransformerDecoderBase
+
+    from fairseq_awd.models.awd_rnn import AWDRNNDecoder
+
+    seen = set()
+    for cls in (TransformerDecoderBase, AWDRNNDecoder):
+        original = cls.output_layer
+        monkeypatch.setattr(cls, "output_layer", lambda self, x, original=original, cls=cls: (
+            seen.add((cls.__name__, x.dtype)) or original(self, x)))
+    mt, fused = setup["mt"], {}
+    for name, extra in (("fp32", []), ("bf16", ["--bf16"])):
+        seen.clear()
+        fused[name] = _hypotheses(_generate(
+            mt.data, mt.checkpoint, "--task", "translation_lm_fusion", "--lm-path",
+            str(setup["lm"]), "--lm-weight", "0.3", *extra).stdout)
+        dtype = torch.bfloat16 if name == "bf16" else torch.float32
+        assert seen == {("TransformerDecoderBase", dtype), ("AWDRNNDecoder", dtype)}, seen
+    same = [sid for sid in fused["fp32"] if fused["fp32"][sid][0][1] == fused["bf16"][sid][0][1]]
+    assert len(same) >= 0.8 * len(fused["fp32"])
+    for sid in same:
+        assert fused["bf16"][sid][0][0] == pytest.approx(fused["fp32"][sid][0][0], rel=0.02)
+    seen.clear()  # fairseq's plain route: only the AWD LM casts itself (prepare_for_inference_)
+    _generate(mt.data, mt.checkpoint, "--task", "translation", "--lm-path", str(setup["lm"]),
+              "--lm-weight", "0.3", "--bf16")
+    assert seen == {("TransformerDecoderBase", torch.float32), ("AWDRNNDecoder", torch.bfloat16)}
 
 
 def test_lm_of_another_dictionary_is_refused(setup, tmp_path):

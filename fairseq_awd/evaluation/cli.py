@@ -13,6 +13,10 @@ comma-separated values or ``START:STOP:STEP`` (``fairseq_awd.grid``, as in
 ``fairseq-awd-rescore``): every combination is scored on ``--tune-subset`` and the best one
 on ``--gen-subset``.
 
+fairseq's ``--bf16`` (with ``--cpu`` on the CPU) scores plain and with the cache pointer
+in bf16, the log-probabilities and their sums in float32 (``fairseq_awd.bf16_scoring``);
+``--dynamic-eval`` refuses it.
+
 On character-level data (``--char-level auto`` finds it: a ``char-level.json`` written by
 ``scripts/prepare_data.py``, or a dictionary of single characters or of byte values) it
 prints, on the line after the perplexity, ``bpc X (counting line ends: Y)``: ``X`` is the
@@ -37,6 +41,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq_cli.eval_lm import eval_lm
 
 import fairseq_awd  # noqa: F401  (registers the task and models)
+from fairseq_awd.bf16_scoring import DYNAMIC_EVAL_REFUSAL, cast_for_bf16_scoring
 from fairseq_awd.data.char_text import CHAR_INFO, ESCAPE
 from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.evaluation.scorers import (
@@ -163,6 +168,8 @@ def check_options(args: argparse.Namespace) -> Dict[str, List[float]]:
     if args.dynamic_stats_streams < 1:
         raise FairseqAWDError(f"--dynamic-stats-streams must be positive, got "
                               f"{args.dynamic_stats_streams}")
+    if args.dynamic_eval and args.bf16:
+        raise FairseqAWDError(DYNAMIC_EVAL_REFUSAL)
     if not args.path:
         raise FairseqAWDError("--path is required: the checkpoint to evaluate, e.g. "
                               "--path CKPT/checkpoint_best.pt")
@@ -226,6 +233,8 @@ class Evaluator:
             self.model.cuda()
         if cfg.common.fp16:
             self.model.half()
+        elif cfg.common.bf16:  # fairseq's --bf16 (with --cpu on the CPU): bf16 scoring
+            cast_for_bf16_scoring(self.model, cfg.common_eval.path)
         self.model.eval()
         self.optimizer: Optional[DynamicEvaluation] = None
         if args.dynamic_eval:

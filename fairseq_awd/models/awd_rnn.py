@@ -14,6 +14,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel
 from torch import nn
 
+from fairseq_awd.bf16_scoring import bf16_requested, cast_for_bf16_scoring
 from fairseq_awd.checkpoint_compat import upgrade_decoder_state_dict
 from fairseq_awd.dictionary_check import check_dictionary, dictionary_fingerprint
 from fairseq_awd.errors import FairseqAWDError
@@ -417,6 +418,15 @@ class AWDRNNLanguageModel(FairseqLanguageModel):
         layers = [list(layer.parameters()) for layer in reversed(decoder.encoder.layers)]
         in_layers = {id(p) for group in layers for p in group}
         return [[p for p in decoder.parameters() if id(p) not in in_layers], *layers]
+
+    def prepare_for_inference_(self, cfg):
+        """fairseq's preparation for inference, which ``fairseq-eval-lm``,
+        ``fairseq-generate``, ``fairseq-interactive`` and the hub call with the run's
+        configuration, plus bf16 scoring under ``--bf16`` (fairseq itself only casts for
+        ``--fp16``): ``fairseq_awd.bf16_scoring``."""
+        super().prepare_for_inference_(cfg)
+        if bf16_requested(cfg):
+            cast_for_bf16_scoring(self, type(self).__name__)
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         self.upgrade_state_dict(state_dict)  # old keys renamed (fairseq does it again: no-op)

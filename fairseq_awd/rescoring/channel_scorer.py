@@ -18,6 +18,7 @@ from fairseq import hub_utils
 from fairseq.data import LanguagePairDataset
 from fairseq.sequence_scorer import SequenceScorer
 
+from fairseq_awd.bf16_scoring import cast_for_bf16_scoring
 from fairseq_awd.errors import FairseqAWDError
 
 
@@ -35,10 +36,12 @@ class ChannelScorer:
 
     ``checkpoint`` is the reverse model (its source language is the n-best lists' target
     language) and ``data`` the binarized directory with its ``dict.SRC.txt`` and
-    ``dict.TGT.txt``.
+    ``dict.TGT.txt``. With ``bf16`` the model runs in bfloat16, its log-probabilities and
+    their sums in float32 (``fairseq_awd.bf16_scoring``).
     """
 
-    def __init__(self, checkpoint: str, data: str, cpu: bool = False, batch_size: int = 64):
+    def __init__(self, checkpoint: str, data: str, cpu: bool = False, batch_size: int = 64,
+                 bf16: bool = False):
         if not os.path.isfile(checkpoint):
             raise FairseqAWDError(f"--channel: no checkpoint at {checkpoint}")
         if not os.path.isdir(data):
@@ -55,6 +58,8 @@ class ChannelScorer:
                                   f"is {type(self.task).__name__}); give a reverse "
                                   "translation model's checkpoint")
         self.model = loaded["models"][0].eval()
+        if bf16:
+            cast_for_bf16_scoring(self.model, f"--channel {checkpoint}")
         if not cpu and torch.cuda.is_available():
             self.model.cuda()
         self.batch_size = batch_size

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="refuse any <unk> token")
     p.add_argument("--batch-size", type=int, default=64, help="hypotheses per LM forward")
     p.add_argument("--cpu", action="store_true", help="run the LM on the CPU even with CUDA")
+    p.add_argument("--bf16", action="store_true", help="score with the LM and the channel "
+                   "model in bfloat16 (their matrix products; log-probabilities and sums stay "
+                   "float32): faster on CPUs with AVX512-BF16 or AMX")
     return p
 
 
@@ -369,9 +372,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     length_ratio = args.length_ratio
     if args.length_feature == "source-gap" and length_ratio is None:
         length_ratio = measured_length_ratio(dev_lists, dev_refs, pipeline)
-    scorer = LMScorer(load_lm(args.lm, args.lm_data, cpu=args.cpu), args.batch_size)
+    scorer = LMScorer(load_lm(args.lm, args.lm_data, cpu=args.cpu, bf16=args.bf16),
+                      args.batch_size)
     channel = (ChannelScorer(args.channel, args.channel_data, cpu=args.cpu,
-                             batch_size=args.batch_size) if args.channel else None)
+                             batch_size=args.batch_size, bf16=args.bf16)
+               if args.channel else None)
     record: Dict[str, object] = {"length_feature": args.length_feature,
                                  "length_ratio": length_ratio}
 

@@ -27,8 +27,10 @@ class LMScore:
     num_unk: int  # tokens the dictionary maps to <unk>
 
 
-def load_lm(checkpoint: str, data: str, cpu: bool = False) -> GeneratorHubInterface:
-    """Load ``checkpoint`` with the dictionary of ``data`` as a hub interface in eval mode.
+def load_lm(checkpoint: str, data: str, cpu: bool = False,
+            bf16: bool = False) -> GeneratorHubInterface:
+    """Load ``checkpoint`` with the dictionary of ``data`` as a hub interface in eval mode,
+    in bfloat16 with ``bf16`` (``fairseq_awd.bf16_scoring``: the sums stay float32).
 
     A checkpoint trained with another dictionary is refused (FairseqAWDError) by the AWD
     models' dictionary fingerprint check, a backward LM by ``check_forward_lm``.
@@ -41,7 +43,8 @@ def load_lm(checkpoint: str, data: str, cpu: bool = False) -> GeneratorHubInterf
         raise FairseqAWDError(f"--lm-data: no dict.txt in {data}: give the binarized data "
                               "directory the LM was trained on")
     hub = from_pretrained(os.path.dirname(os.path.abspath(checkpoint)), data,
-                          checkpoint_file=os.path.basename(checkpoint))
+                          checkpoint_file=os.path.basename(checkpoint),
+                          dtype=torch.bfloat16 if bf16 else None)
     check_forward_lm(hub.task.cfg, f"--lm {checkpoint}")
     hub.eval()
     if not cpu and torch.cuda.is_available():

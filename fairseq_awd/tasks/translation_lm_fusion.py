@@ -1,11 +1,16 @@
 """``--task translation_lm_fusion``: fairseq's translation task whose generator fuses the
-``--lm-path`` language model incrementally (see ``fairseq_awd.fusion``)."""
+``--lm-path`` language model incrementally (see ``fairseq_awd.fusion``).
+
+fairseq-generate's ``--bf16`` (with ``--cpu`` on the CPU) runs the translation model(s) and
+the LM in bf16, their log-probabilities and the beam's scores in float32
+(``fairseq_awd.bf16_scoring``)."""
 
 import os
 
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from fairseq_awd.bf16_scoring import bf16_requested, cast_for_bf16_scoring
 from fairseq_awd.errors import FairseqAWDError
 from fairseq_awd.fusion import (
     IncrementalFusionSequenceGenerator,
@@ -14,6 +19,7 @@ from fairseq_awd.fusion import (
 )
 from fairseq_awd.grid import check_finite
 from fairseq_awd.rescoring.lm_scorer import check_forward_lm
+from fairseq_awd.tasks.cpu_bf16 import allow_bf16_on_cpu
 
 # fairseq's generation options that weigh the terms of a hypothesis' score, with their
 # defaults: a NaN or infinite one decides every comparison of the beam search
@@ -30,6 +36,11 @@ class TranslationLMFusionTask(TranslationTask):
     target dictionary, a backward LM (trained with ``--reverse-tokens``, as the rescorer
     refuses it), and a ``--lm-weight``, ``--lenpen`` or ``--unkpen`` that is NaN or infinite.
     """
+
+    @classmethod
+    def setup_task(cls, cfg, **kwargs):
+        allow_bf16_on_cpu(cfg)  # --bf16 --cpu: the --tpu that fairseq's --bf16 implies, off
+        return super().setup_task(cfg, **kwargs)
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None,
                         prefix_allowed_tokens_fn=None):
@@ -48,6 +59,10 @@ class TranslationLMFusionTask(TranslationTask):
                 raise FairseqAWDError("--print-alignment is not supported with incremental LM "
                                       "fusion; use --task translation for it")
             seq_gen_cls = IncrementalFusionSequenceGenerator
+        run_cfg = self.cfg._get_parent() if hasattr(self.cfg, "_get_parent") else None
+        if run_cfg is not None and bf16_requested(run_cfg):  # fairseq-generate's --bf16
+            for model in [*models, *([lm_model] if lm_model is not None else [])]:
+                cast_for_bf16_scoring(model, type(model).__name__)
         return super().build_generator(models, args, seq_gen_cls=seq_gen_cls,
                                        extra_gen_cls_kwargs=extra_gen_cls_kwargs,
                                        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn)
