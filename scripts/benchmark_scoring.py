@@ -122,7 +122,7 @@ def main(argv: List[str] = None) -> None:
         ppl = math.exp(-r["logprob"] / r["tokens"])
         print(f"| {name} | {dtype} | {batch} | {r['sentences'] / r['seconds']:,.1f} | "
               f"{r['tokens'] / r['seconds']:,.0f} | "
-              f"{1000 * r['seconds'] / r['sentences']:.2f} | {ppl:.2f} |")
+              f"{1000 * r['seconds'] / r['sentences']:.2f} | {ppl:.3f} |")
     for batch in (64, 1):
         speedup = best["fp32", batch]["seconds"] / best["bf16", batch]["seconds"] * (
             best["bf16", batch]["sentences"] / best["fp32", batch]["sentences"])
