@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                         "characters (0: all)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cpu", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="run the model in bfloat16 "
+                        "(fairseq_awd.bf16_scoring; the sampling distribution stays float32)")
     args = parser.parse_args(argv)
     if args.length < 1 or args.temperature <= 0 or args.topk < 0:
         print("error: --length and --temperature must be positive, --topk non-negative",
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         hub = from_pretrained(str(args.path.parent), str(args.data),
-                              checkpoint_file=args.path.name)
+                              checkpoint_file=args.path.name,
+                              dtype=torch.bfloat16 if args.bf16 else None)
     except FairseqAWDError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -288,6 +288,8 @@ def test_sample_chars_continues_the_prompt(char_checkpoint):
     assert len(continuation.rstrip("\n")) <= 40 <= len(continuation)  # line ends included
     symbols = {line.split()[0] for line in (data / "dict.txt").read_text().splitlines()}
     assert set(continuation) - {"\n", " "} <= symbols
+    in_bf16 = sample("--seed", "1", "--bf16")  # the hub's dtype (tests/test_bf16_scoring.py)
+    assert in_bf16.returncode == 0 and in_bf16.stdout.startswith(prompt), in_bf16.stderr[-2000:]
     bad = sample("--length", "0")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
         "error: --length and --temperature must be positive, --topk non-negative"]

@@ -179,6 +179,17 @@ def test_hub_scores_and_samples_in_bf16(data, checkpoint, head_dtypes):
         from_pretrained(str(checkpoint.parent), str(data), dtype=torch.float16)
 
 
+def test_interactive_samples_in_bf16(data, checkpoint, head_dtypes):
+    """fairseq-interactive --bf16 --cpu: sampling through fairseq's generator in bf16."""
+    proc = run("interactive", [
+        str(data), "--user-dir", USER_DIR, "--task", "awd_language_modeling", "--cpu", "--bf16",
+        "--path", str(checkpoint), "--max-len-b", "6", "--sampling", "--sampling-topk", "5",
+        "--beam", "1", "--seed", "3"], stdin="the company said\n")
+    hypos = [line for line in proc.stdout.splitlines() if line.startswith("H-0")]
+    assert len(hypos) == 1 and hypos[0].split("\t")[2].startswith("the company said")
+    assert head_dtypes == BF16
+
+
 def test_hub_keeps_fp32_for_a_checkpoint_trained_in_bf16(data, checkpoint, tmp_path):
     """A checkpoint saved by a --bf16 run (common.bf16 in its configuration) loads in fp32
     unless dtype asks for bf16: only the caller decides."""
