@@ -27,6 +27,7 @@ import logging
 from typing import Any, Optional, Union
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from fairseq_awd.errors import FairseqAWDError
@@ -59,8 +60,11 @@ def scoring_dtype(dtype: Union[None, str, torch.dtype]) -> torch.dtype:
 
 
 def bf16_requested(cfg: Any) -> bool:
-    """Whether the run's configuration ``cfg`` (fairseq's, with a ``common`` group) asks
-    for bf16 (``--bf16``); False for a configuration without one."""
+    """Whether the run's configuration asks for bf16 (``--bf16``): ``cfg`` is fairseq's run
+    configuration (with a ``common`` group) or a group of it (e.g. a task's ``cfg.task``,
+    whose omegaconf root is the run's); False for a configuration without one."""
+    if isinstance(cfg, DictConfig):
+        cfg = cfg._get_root()
     common = cfg.get("common") if hasattr(cfg, "get") else getattr(cfg, "common", None)
     return bool(common is not None and getattr(common, "bf16", False))
 

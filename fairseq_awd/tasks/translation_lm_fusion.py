@@ -59,8 +59,7 @@ class TranslationLMFusionTask(TranslationTask):
                 raise FairseqAWDError("--print-alignment is not supported with incremental LM "
                                       "fusion; use --task translation for it")
             seq_gen_cls = IncrementalFusionSequenceGenerator
-        run_cfg = self.cfg._get_parent() if hasattr(self.cfg, "_get_parent") else None
-        if run_cfg is not None and bf16_requested(run_cfg):  # fairseq-generate's --bf16
+        if bf16_requested(self.cfg):  # fairseq-generate's --bf16
             for model in [*models, *([lm_model] if lm_model is not None else [])]:
                 cast_for_bf16_scoring(model, type(model).__name__)
         return super().build_generator(models, args, seq_gen_cls=seq_gen_cls,
