@@ -1,10 +1,12 @@
 // Fused ForgetMult on the CPU: one pass over time, columns split across threads.
 //   h_t = g_t * x_t + (1 - f_t) * h_{t-1},   g = f unless an input gate `i` is given.
-// Tensors are contiguous (T, N).
+// Tensors are contiguous (T, N). fp16/bf16 tensors are read and written in their own dtype
+// while the state and the arithmetic are fp32 (`acc_t`), as in the CUDA kernel: no fp32
+// copies of the inputs and outputs.
 #include <torch/extension.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
-#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -17,8 +19,9 @@ constexpr int64_t kGrain = 1024;
 template <typename scalar_t>
 void forward_kernel(const scalar_t* f, const scalar_t* x, const scalar_t* i, const scalar_t* h0,
                     scalar_t* h, int64_t T, int64_t N, bool reverse) {
+  using acc_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> state(h0 + begin, h0 + end);
+    std::vector<acc_t> state(h0 + begin, h0 + end);
     const int64_t width = end - begin;
     for (int64_t s = 0; s < T; ++s) {
       const int64_t offset = (reverse ? T - 1 - s : s) * N + begin;
@@ -27,8 +30,8 @@ void forward_kernel(const scalar_t* f, const scalar_t* x, const scalar_t* i, con
       const scalar_t* gt = i ? i + offset : ft;
       scalar_t* ht = h + offset;
       for (int64_t n = 0; n < width; ++n) {
-        state[n] = gt[n] * xt[n] + (scalar_t(1) - ft[n]) * state[n];
-        ht[n] = state[n];
+        state[n] = acc_t(gt[n]) * acc_t(xt[n]) + (acc_t(1) - acc_t(ft[n])) * state[n];
+        ht[n] = scalar_t(state[n]);
       }
     }
   });
@@ -39,9 +42,10 @@ void backward_kernel(const scalar_t* f, const scalar_t* x, const scalar_t* i, co
                      const scalar_t* h, const scalar_t* grad_h, scalar_t* grad_f,
                      scalar_t* grad_x, scalar_t* grad_i, scalar_t* grad_h0, int64_t T, int64_t N,
                      bool reverse) {
+  using acc_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
     const int64_t width = end - begin;
-    std::vector<scalar_t> carry(width, scalar_t(0));  // dLoss/dh_t, from later steps
+    std::vector<acc_t> carry(width, acc_t(0));  // dLoss/dh_t, from later steps
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = reverse ? T - 1 - s : s;
       const int64_t offset = t * N + begin;
@@ -56,22 +60,22 @@ void backward_kernel(const scalar_t* f, const scalar_t* x, const scalar_t* i, co
         const scalar_t* it = i + offset;
         scalar_t* di = grad_i + offset;
         for (int64_t n = 0; n < width; ++n) {
-          const scalar_t c = carry[n] + dh[n];
-          dx[n] = c * it[n];
-          di[n] = c * xt[n];
-          df[n] = -c * prev[n];
-          carry[n] = c * (scalar_t(1) - ft[n]);
+          const acc_t c = carry[n] + acc_t(dh[n]);
+          dx[n] = scalar_t(c * acc_t(it[n]));
+          di[n] = scalar_t(c * acc_t(xt[n]));
+          df[n] = scalar_t(-c * acc_t(prev[n]));
+          carry[n] = c * (acc_t(1) - acc_t(ft[n]));
         }
       } else {
         for (int64_t n = 0; n < width; ++n) {
-          const scalar_t c = carry[n] + dh[n];
-          dx[n] = c * ft[n];
-          df[n] = c * (xt[n] - prev[n]);
-          carry[n] = c * (scalar_t(1) - ft[n]);
+          const acc_t c = carry[n] + acc_t(dh[n]);
+          dx[n] = scalar_t(c * acc_t(ft[n]));
+          df[n] = scalar_t(c * (acc_t(xt[n]) - acc_t(prev[n])));
+          carry[n] = c * (acc_t(1) - acc_t(ft[n]));
         }
       }
     }
-    std::copy(carry.begin(), carry.end(), grad_h0 + begin);
+    for (int64_t n = 0; n < width; ++n) grad_h0[begin + n] = scalar_t(carry[n]);
   });
 }
 
@@ -83,7 +87,7 @@ torch::Tensor forget_mult_forward(torch::Tensor f, torch::Tensor x,
   const torch::Tensor i = input_gate.value_or(torch::Tensor());
   auto h = torch::empty_like(x);
   const int64_t T = f.size(0), N = f.size(1);
-  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "forget_mult_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "forget_mult_forward", [&] {
     forward_kernel<scalar_t>(f.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                              i.defined() ? i.data_ptr<scalar_t>() : nullptr,
                              h0.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), T, N, reverse);
@@ -102,7 +106,7 @@ std::vector<torch::Tensor> forget_mult_backward(torch::Tensor f, torch::Tensor x
   auto grad_i = i.defined() ? torch::empty_like(i) : torch::Tensor();
   auto grad_h0 = torch::empty_like(h0);
   const int64_t T = f.size(0), N = f.size(1);
-  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "forget_mult_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "forget_mult_backward", [&] {
     backward_kernel<scalar_t>(
         f.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
         i.defined() ? i.data_ptr<scalar_t>() : nullptr, h0.data_ptr<scalar_t>(),

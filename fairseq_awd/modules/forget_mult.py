@@ -8,7 +8,8 @@ forget gate). Three implementations share one interface and are picked by
 * ``"cuda"``: one fused kernel for forward and one for backward, compiled at run time by
   cupy (fp32/fp64, and fp16/bf16 with fp32 accumulation), on PyTorch's current stream;
 * ``"cpu"``: the same loops in C++ (``fairseq_awd/csrc/forget_mult_cpu.cpp``, built at
-  install), parallel over columns; fp32 and fp64, and fp16/bf16 computed in fp32;
+  install), parallel over columns; fp32 and fp64, and fp16/bf16 read and written in their
+  own dtype with the state and arithmetic in fp32;
 * ``"reference"``: a plain PyTorch loop over time with autograd, used by the tests.
 """
 
@@ -61,13 +62,7 @@ def forget_mult(
         keep = mask.unsqueeze(-1).to(f.dtype)
         f = f * keep  # f = 0 (and g = 0) carries the state through unchanged
         input_gate = None if input_gate is None else input_gate * keep
-    out_dtype = x.dtype
-    if backend == "cpu" and x.dtype in HALF_DTYPES:
-        # fp16/bf16 (--bf16 --cpu): the C++ loops in fp32, as the CUDA kernel accumulates
-        f, x, h0 = f.float(), x.float(), h0.float()
-        input_gate = None if input_gate is None else input_gate.float()
-    h = _ForgetMultFunction.apply(f, x, input_gate, h0, reverse, _kernels(backend, x))
-    return h.to(out_dtype)
+    return _ForgetMultFunction.apply(f, x, input_gate, h0, reverse, _kernels(backend, x))
 
 
 def forget_mult_reference(
@@ -191,9 +186,10 @@ def _auto_backend(x: torch.Tensor) -> str:
 
 def _kernels(backend: str, x: torch.Tensor):
     if backend == "cpu":
-        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"the cpu ForgetMult backend takes fp32/fp64 CPU tensors, got "
-                             f"{x.dtype} on {x.device}")
+        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64,
+                                                     *HALF_DTYPES):
+            raise ValueError(f"the cpu ForgetMult backend takes fp32/fp64/fp16/bf16 CPU "
+                             f"tensors, got {x.dtype} on {x.device}")
         module = _cpu_extension()
         if module is None:
             raise ValueError("the C++ ForgetMult extension is not built; run `make install`")
