@@ -20,7 +20,7 @@ BUILD_ENV := CFLAGS=-g0
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py pyproject.toml fairseq_awd/csrc/forget_mult_cpu.cpp
+$(VENV)/.installed: setup.py pyproject.toml fairseq_awd/csrc/forget_mult_cpu.cpp fairseq_awd/csrc/drop_connect_cpu.cpp
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" "$(NUMPY_SPEC)" cython "setuptools>=64" wheel
 	$(BUILD_ENV) $(BIN)/python -m pip install --quiet --no-build-isolation --no-cache-dir -e ".[dev,cuda-check]"

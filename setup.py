@@ -10,6 +10,12 @@ forget_mult_cpu = CppExtension(
     ["fairseq_awd/csrc/forget_mult_cpu.cpp"],
     extra_compile_args=["-O3", "-fopenmp"],
 )
+# DropConnect masks from a counter-based generator, in parallel (weight drop on the CPU).
+drop_connect_cpu = CppExtension(
+    "fairseq_awd._drop_connect_cpu",
+    ["fairseq_awd/csrc/drop_connect_cpu.cpp"],
+    extra_compile_args=["-O3", "-fopenmp"],
+)
 
 setup(
     name="fairseq_awd",
@@ -21,7 +27,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["fairseq_awd", "fairseq_awd.*"]),
     package_data={"fairseq_awd": ["csrc/*.cu", "csrc/*.cpp"]},
-    ext_modules=[forget_mult_cpu],
+    ext_modules=[forget_mult_cpu, drop_connect_cpu],
     cmdclass={"build_ext": BuildExtension},
     entry_points={"console_scripts": [
         "fairseq-awd-rescore = fairseq_awd.rescoring.cli:main",

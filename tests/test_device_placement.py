@@ -71,6 +71,14 @@ from fairseq_awd.tasks.awd_language_modeling import (
 forget_mult_module = importlib.import_module("fairseq_awd.modules.forget_mult")
 
 
+@pytest.fixture(autouse=True)
+def torch_weight_drop(monkeypatch):
+    """Weight drop as on a GPU (``F.dropout``) in the CPU runs too: the C++ DropConnect is
+    CPU-only and draws other masks, and the runs here are compared value for value."""
+    monkeypatch.setattr(importlib.import_module("fairseq_awd.modules.drop_connect"),
+                        "_cpu_extension", lambda: None)
+
+
 def on(device: bool, check_dtypes: bool = False):
     """The foreign device's checks for a run on it, nothing for the CPU run."""
     return foreign_device(check_dtypes) if device else contextlib.nullcontext()

@@ -15,6 +15,7 @@ from fairseq_awd.modules import (
     QRNNLayer,
     WeightDropLSTM,
     activation_regularization,
+    drop_connect,
     embedding_dropout,
     temporal_activation_regularization,
 )
@@ -59,7 +60,7 @@ def test_weight_drop_training_equals_lstm_with_dropped_matrix():
     torch.manual_seed(123)
     out, (h, c) = wd(x, state)
     torch.manual_seed(123)
-    dropped = F.dropout(wd.lstm.weight_hh_l0.detach(), p, True)
+    dropped = drop_connect(wd.lstm.weight_hh_l0.detach(), p)
     assert (dropped == 0).any() and (dropped != 0).any()
     ref = plain_lstm_like(wd, dropped)
     ref_out, (ref_h, ref_c) = ref(x, state)
@@ -89,7 +90,7 @@ def test_weight_drop_long_sequence_one_fused_call(monkeypatch):
     out, _ = wd(x, state)
     assert len(calls) == 1
     torch.manual_seed(7)
-    dropped = F.dropout(wd.lstm.weight_hh_l0.detach(), p, True)
+    dropped = drop_connect(wd.lstm.weight_hh_l0.detach(), p)
     calls.clear()
     wd.eval()
     wd(x, state)
@@ -122,7 +123,7 @@ def test_weight_drop_gradient_reaches_raw_matrix_through_mask():
     assert grad is not None
 
     torch.manual_seed(11)
-    mask = F.dropout(torch.ones_like(wd.lstm.weight_hh_l0), p, True)
+    mask = drop_connect(torch.ones_like(wd.lstm.weight_hh_l0), p)
     dropped_pos = mask == 0
     assert dropped_pos.any() and (~dropped_pos).any()
     assert torch.all(grad[dropped_pos] == 0)

@@ -4,6 +4,7 @@ from .adaptive_softmax import TiedAdaptiveSoftmax
 from .awd_encoder import AWDEncoder, LayerStates
 from .cache_pointer import CacheAttention, ContinuousCache, mix_with_cache
 from .concat_pooling import PoolingClassifierHead, concat_pool
+from .drop_connect import drop_connect
 from .embedding_dropout import embedding_dropout
 from .forget_mult import forget_mult, forget_mult_reference
 from .locked_dropout import LockedDropout
@@ -12,6 +13,7 @@ from .output_heads import AdaptiveSoftmaxHead, MixtureOfSoftmaxesHead, OutputHea
 from .qrnn import QRNN, QRNNLayer, QRNNLayerState, QRNNState
 from .regularization import activation_regularization, temporal_activation_regularization
 from .reverse_padded import reverse_padded
+from .softmax_nll import softmax_nll
 from .weight_drop import WeightDropLSTM
 
 __all__ = [
@@ -34,10 +36,12 @@ __all__ = [
     "WeightDropLSTM",
     "activation_regularization",
     "concat_pool",
+    "drop_connect",
     "embedding_dropout",
     "forget_mult",
     "forget_mult_reference",
     "mix_with_cache",
     "reverse_padded",
+    "softmax_nll",
     "temporal_activation_regularization",
 ]

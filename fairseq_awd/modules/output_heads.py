@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adaptive_softmax import TiedAdaptiveSoftmax, upcast_half
+from .adaptive_softmax import TiedAdaptiveSoftmax
 from .mixture_of_softmaxes import MixtureOfSoftmaxes
+from .softmax_nll import softmax_nll
 
 
 class OutputHead(nn.Module):
@@ -84,10 +85,9 @@ class SoftmaxHead(OutputHead):
         return F.linear(features, weight, bias)
 
     def nll(self, output, target, weight, bias, ignore_index=-100):
-        # upcast_half: fp16/bf16 logits in fp32, fp64 ones left in fp64 (as the other heads)
-        return F.cross_entropy(upcast_half(output.reshape(-1, output.size(-1))),
-                               target.reshape(-1), ignore_index=ignore_index,
-                               reduction="none").view(target.shape)
+        # block by block in fp32 (fp64 for fp64): no fp32 (N, V) copy or log_softmax
+        return softmax_nll(output.reshape(-1, output.size(-1)), target.reshape(-1),
+                           ignore_index=ignore_index).view(target.shape)
 
     def log_probs(self, output, weight, bias):
         # fp16/bf16 in fp32 (the dtype argument: no fp32 copy of the logits), others as they are

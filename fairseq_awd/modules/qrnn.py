@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .drop_connect import drop_connect
 from .forget_mult import check_mask, forget_mult
 
 POOLINGS = {"f": 2, "fo": 3, "ifo": 4}  # pooling -> number of gate blocks (z, f, o, i)
@@ -118,7 +119,7 @@ class QRNNLayer(nn.Module):
             source = torch.cat([neighbour, x], dim=-1)
         weight = self.linear.weight
         if self.training and self.weight_drop > 0:
-            weight = F.dropout(weight, self.weight_drop, training=True)
+            weight = drop_connect(weight, self.weight_drop)
         gates = F.linear(source, weight, self.linear.bias).chunk(POOLINGS[self.pooling], dim=-1)
         z = torch.tanh(gates[0])
         f = torch.sigmoid(gates[1])

@@ -3,9 +3,10 @@
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
+from .drop_connect import drop_connect
 
 LSTMState = Tuple[torch.Tensor, torch.Tensor]
 
@@ -41,5 +42,5 @@ class WeightDropLSTM(nn.Module):
     ) -> Tuple[torch.Tensor, LSTMState]:
         if not (self.training and self.weight_dropout > 0):
             return self.lstm(x, state)
-        dropped = F.dropout(self.lstm.weight_hh_l0, self.weight_dropout, training=True)
+        dropped = drop_connect(self.lstm.weight_hh_l0, self.weight_dropout)
         return functional_call(self.lstm, {"weight_hh_l0": dropped}, (x, state))

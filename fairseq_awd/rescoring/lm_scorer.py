@@ -108,11 +108,21 @@ class LMScorer:
             lengths = torch.tensor([tokens[i].numel() + 1 for i in batch])
             src, tgt = src.to(self.device), tgt.to(self.device)
             net_output = self.model(src, src_lengths=lengths.to(self.device))
-            lprobs = self.model.get_normalized_probs(net_output, log_probs=True)
-            gathered = lprobs.float().gather(2, tgt.unsqueeze(-1)).squeeze(-1)
-            gathered = gathered.masked_fill(tgt.eq(pad), 0.0).sum(1).double().cpu()
+            gathered = self.target_logprobs(net_output, tgt).sum(1).double().cpu()
             counts = tgt.ne(pad).sum(1).cpu()
             for row, i in enumerate(batch):
                 results[i] = LMScore(float(gathered[row]), int(counts[row]),
                                      int(tokens[i].eq(unk).sum()))
         return results  # type: ignore[return-value]
+
+    def target_logprobs(self, net_output: Any, target: torch.Tensor) -> torch.Tensor:
+        """``log p(target)`` per position ``(B, T)`` in fp32, 0 at padding: an AWD model's
+        output head computes only the targets' (``output_nll``, no ``(B, T, V)`` copy of the
+        distribution), any other fairseq LM gathers them from its log-probabilities."""
+        pad = self.dictionary.pad()
+        output_nll = getattr(getattr(self.model, "decoder", None), "output_nll", None)
+        if output_nll is not None:
+            return -output_nll(net_output, target, ignore_index=pad).float()
+        lprobs = self.model.get_normalized_probs(net_output, log_probs=True)
+        gathered = lprobs.float().gather(2, target.unsqueeze(-1)).squeeze(-1)
+        return gathered.masked_fill(target.eq(pad), 0.0)
