@@ -107,17 +107,18 @@ def report(times: Dict[str, Tuple[float, int]], updates: int, wall: float, top: 
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if "--" not in argv:
-        sys.exit("profile_training.py: give the fairseq-train command line after `--` "
-                 "(DATA --user-dir fairseq_awd --task ... --arch ...)")
-    split = argv.index("--")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     usage="%(prog)s [options] -- FAIRSEQ_TRAIN_ARGS")
     parser.add_argument("--updates", type=int, default=6, help="profiled updates")
     parser.add_argument("--warmup", type=int, default=3, help="unprofiled updates first")
     parser.add_argument("--top", type=int, default=25, help="operators listed")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args(argv[:split])
     train_argv = argv[split + 1:]
+    if not train_argv:
+        sys.exit("profile_training.py: give the fairseq-train command line after `--` "
+                 "(DATA --user-dir fairseq_awd --task ... --arch ...)")
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     import torch
