@@ -2,9 +2,10 @@
 section 2): ``W' = W * M / (1 - p)`` with ``M_ij ~ Bernoulli(1 - p)`` drawn afresh at every
 training forward pass.
 
-On the CPU, with the C++ extension built, the mask comes from ATen's Philox4x32-10 keyed by
-one number drawn from torch's default generator (so ``torch.manual_seed`` and fairseq's
-``--seed`` fix it): threads draw their parts independently, and the backward pass redraws
+On the CPU, with the C++ extension built (``fairseq_awd/csrc/drop_connect_cpu.cpp``), the
+mask comes from a counter-based generator (SplitMix64 at each weight's index) keyed by one
+number drawn from torch's default generator, so ``torch.manual_seed`` and fairseq's
+``--seed`` fix it: threads draw their parts independently, and the backward pass redraws
 the mask from the key instead of keeping it. torch's CPU ``bernoulli_`` runs a serial
 Mersenne twister except on Intel CPUs with MKL, and weight drop draws tens of millions of
 numbers per update at the papers' sizes (docs/performance.md). Elsewhere (GPU, no
@@ -13,6 +14,7 @@ extension) it is ``F.dropout``.
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 _KEY_RANGE = 2**63 - 1
 
@@ -44,6 +46,7 @@ class _DropConnect(torch.autograd.Function):
         return module.apply(weight, keep, key)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         # d(W * M / keep)/dW = M / keep: the same mask, redrawn from the same key
         return ctx.module.apply(grad, ctx.keep, ctx.key), None, None, None

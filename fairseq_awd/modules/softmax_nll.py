@@ -14,7 +14,8 @@ fp32 ones (docs/performance.md).
 
 import torch
 
-# a block of widened logits stays within about 1 MiB of cache
+# on the CPU, a block of widened logits stays within about 1 MiB of cache; on a GPU one block
+# (a kernel launch per block would cost more than the cache saves)
 _BLOCK_BYTES = 1 << 20
 
 
@@ -36,7 +37,10 @@ def softmax_nll(logits: torch.Tensor, target: torch.Tensor,
     return _SoftmaxNLL.apply(logits, target, ignore_index)
 
 
-def _blocks(rows: int, width: int):
+def _blocks(logits: torch.Tensor):
+    rows, width = logits.shape
+    if logits.device.type != "cpu":
+        return [(0, rows)]
     step = max(1, _BLOCK_BYTES // (4 * max(width, 1)))
     return ((start, min(start + step, rows)) for start in range(0, rows, step))
 
@@ -49,7 +53,7 @@ class _SoftmaxNLL(torch.autograd.Function):
         ignored = target.eq(ignore_index)
         safe_target = target.masked_fill(ignored, 0)
         log_normalizer = torch.empty(logits.size(0), dtype=wide, device=logits.device)
-        for start, end in _blocks(*logits.shape):
+        for start, end in _blocks(logits):
             torch.logsumexp(logits[start:end].to(wide), dim=-1, out=log_normalizer[start:end])
         target_logit = logits.gather(1, safe_target.unsqueeze(1)).squeeze(1).to(wide)
         nll = (log_normalizer - target_logit).masked_fill_(ignored, 0.0)
@@ -62,7 +66,7 @@ class _SoftmaxNLL(torch.autograd.Function):
         wide = log_normalizer.dtype
         scale = grad_nll.to(wide).masked_fill(ignored, 0.0)
         grad = torch.empty_like(logits)
-        for start, end in _blocks(*logits.shape):
+        for start, end in _blocks(logits):
             # .to(wide) copies half logits; fp32 ones need their own copy before the in-place ops
             block = logits[start:end].to(wide, copy=True)
             block.sub_(log_normalizer[start:end, None]).exp_().mul_(scale[start:end, None])
