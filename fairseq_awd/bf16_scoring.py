@@ -27,10 +27,10 @@ import logging
 from typing import Any, Optional, Union
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from fairseq_awd.errors import FairseqAWDError
-from fairseq_awd.run_config import run_config
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ def bf16_requested(cfg: Any) -> bool:
     """Whether the run's configuration asks for bf16 (``--bf16``): ``cfg`` is fairseq's run
     configuration (with a ``common`` group) or a group of it (e.g. a task's ``cfg.task``,
     whose omegaconf root is the run's); False for a configuration without one."""
-    root = run_config(cfg)
-    cfg = cfg if root is None else root
+    if isinstance(cfg, DictConfig):
+        cfg = cfg._get_root()
     common = cfg.get("common") if hasattr(cfg, "get") else getattr(cfg, "common", None)
     return bool(common is not None and getattr(common, "bf16", False))
 

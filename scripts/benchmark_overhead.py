@@ -47,9 +47,6 @@ PAPER_PTB = ("--task awd_language_modeling --arch {arch} --criterion awd_cross_e
              "--batch-size {batch_size} --bptt {bptt} --seed {seed} --dropouti 0.4 "
              "--dropouth 0.25 --no-save --log-format json --no-progress-bar")
 DEVICE_FLAGS = {"cpu": ["--cpu"], "cuda": []}
-# fairseq's own --bf16: a bf16 model with fp32 master weights (on the CPU through the
-# plugin's tasks, see fairseq_awd/tasks/cpu_bf16.py)
-PRECISION_FLAGS = {"fp32": [], "bf16": ["--bf16"]}
 
 
 def train_options(args: argparse.Namespace) -> List[str]:
@@ -172,16 +169,6 @@ def report_first_epoch(res: dict) -> str:
         f"{res['train_wps']:.1f} | {res['valid_ppl']:.2f} | {res['rss_mb']:.1f} |"])
 
 
-def child_env(threads: Optional[int]) -> Tuple[Dict[str, str], str]:
-    """The environment of every child (``OMP/MKL_NUM_THREADS`` set to ``threads`` when
-    given) and the matching prefix for printing their command lines."""
-    env = dict(os.environ)
-    if not threads:
-        return env, ""
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    return env, f"OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
-
-
 def fairseq_train() -> str:
     local = Path(sys.executable).with_name("fairseq-train")
     return str(local) if local.exists() else (shutil.which("fairseq-train") or "fairseq-train")
@@ -210,7 +197,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     if not 1 <= args.warmup < args.updates:
         parser.error("need 1 <= --warmup < --updates (update WARMUP's line starts the clock)")
-    env, prefix = child_env(args.threads)
+    env = dict(os.environ)
+    if args.threads:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    prefix = f"OMP_NUM_THREADS={args.threads} MKL_NUM_THREADS={args.threads} " * bool(
+        args.threads)
     if args.first_epoch:
         res = first_epoch(args, env)
         table = report_first_epoch(res)

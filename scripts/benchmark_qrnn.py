@@ -43,15 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from benchmark_overhead import (  # noqa: E402
-    DEVICE_FLAGS,
-    PAPER_PTB,
-    PRECISION_FLAGS,
-    child_env,
-    fairseq_train,
-    run_child,
-    throughput,
-)
+from benchmark_overhead import DEVICE_FLAGS, PAPER_PTB, fairseq_train, run_child, throughput  # noqa: E402
 
 from fairseq_awd.errors import install_excepthook  # noqa: E402
 from fairseq_awd.modules import QRNNLayer  # noqa: E402
@@ -59,6 +51,9 @@ from fairseq_awd.modules.forget_mult import forget_mult  # noqa: E402
 
 PEAK_GBPS = {"H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H200": 4800, "A100-SXM4-80GB": 2039,
              "A100-SXM4-40GB": 1555, "A100-PCIE-40GB": 1555, "V100": 900}
+# fairseq's own --bf16: a bf16 model with fp32 master weights (on the CPU through the
+# plugin's tasks, see fairseq_awd/tasks/cpu_bf16.py)
+PRECISION_FLAGS = {"fp32": [], "bf16": ["--bf16"]}
 FORGET_MULT_SIZES = [(70, 20, 1550), (140, 60, 2500), (500, 8, 2500), (1000, 8, 2500)]
 
 
@@ -194,7 +189,9 @@ def matching_qrnn_hidden(vocab: int) -> (int, int, int):
 def bench_train(args) -> None:
     vocab = sum(1 for _ in open(Path(args.data) / "dict.txt", encoding="utf-8")) + 4
     lstm_params, hidden, qrnn_params = matching_qrnn_hidden(vocab)
-    env, _ = child_env(args.threads)
+    env = dict(os.environ)
+    if args.threads:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     base = [fairseq_train(), str(Path(args.data).resolve()), "--user-dir",
             str(REPO / "fairseq_awd"), "--max-update", str(args.updates), "--log-interval", "1",
             *DEVICE_FLAGS["cpu"],

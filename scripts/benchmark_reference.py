@@ -47,6 +47,7 @@ fairseq's ``nll_loss``; neither includes AR/TAR) and tokens/s relative to the re
 import argparse
 import json
 import math
+import os
 import shlex
 import statistics
 import sys
@@ -61,8 +62,6 @@ if str(SCRIPTS) not in sys.path:
 from benchmark_overhead import (  # noqa: E402
     DEVICE_FLAGS,
     PAPER_PTB,
-    PRECISION_FLAGS,
-    child_env,
     fairseq_train,
     run_child,
     throughput,
@@ -81,6 +80,7 @@ FAIRSEQ_SETTING = {
     "lstm": ("awd_lstm_lm", 141, {}),
     "qrnn": ("awd_qrnn_lm", 9001, {"--clip-norm": "0.2", "--dropouth": "0.3"}),
 }
+PRECISION_FLAGS = {"fp32": [], "bf16": ["--bf16"]}  # as benchmark_qrnn.py's
 
 
 def reference_child(argv: List[str]) -> None:
@@ -293,7 +293,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     problem = check_inputs(args)
     if problem:
         sys.exit(f"benchmark_reference.py: error: {problem}")
-    env, prefix = child_env(args.threads)
+    env = dict(os.environ)
+    if args.threads:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    prefix = f"OMP_NUM_THREADS={args.threads} MKL_NUM_THREADS={args.threads} " * bool(
+        args.threads)
     res = benchmark(args, env)
     print(report(res, args) + "\n\nCommands (each run in an empty scratch folder):")
     for name, cmd in res["commands"].items():

@@ -2,7 +2,6 @@
 on the CPU (fairseq_awd/csrc/drop_connect_cpu.cpp): values, mask statistics, seeding,
 independence of the thread count, and the backward pass's redrawn mask."""
 
-import importlib
 import math
 
 import pytest
@@ -93,7 +92,7 @@ def test_identity_in_eval_or_without_dropout_and_bad_p_refused():
 
 
 def test_without_the_extension_it_is_f_dropout(monkeypatch):
-    drop_connect_module = importlib.import_module("fairseq_awd.modules.drop_connect")
+    drop_connect_module = __import__("fairseq_awd.modules.drop_connect", fromlist=["_"])
     monkeypatch.setattr(drop_connect_module, "_cpu_extension", lambda: None)
     weight = torch.ones(50, 60)
     torch.manual_seed(6)

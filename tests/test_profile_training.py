@@ -20,7 +20,6 @@ def test_kinds_of_work_by_operator_name():
     assert profile_training.kind_of("aten::mkldnn_rnn_layer_backward") == "matrix products"
     assert profile_training.kind_of("_ForgetMultFunctionBackward") == "ForgetMult"
     assert profile_training.kind_of("aten::_log_softmax") == "softmax and loss"
-    assert profile_training.kind_of("_SoftmaxNLLBackward") == "softmax and loss"
     assert profile_training.kind_of("aten::copy_") == "dtype conversions and copies"
     assert profile_training.kind_of("Optimizer.step#NTASGD.step") == "optimizer"
     assert profile_training.kind_of("aten::tanh") == "other"

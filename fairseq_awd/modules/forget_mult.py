@@ -21,7 +21,6 @@ from torch.autograd.function import once_differentiable
 
 BACKENDS = ("auto", "cuda", "cpu", "reference")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-CPU_DTYPES = (torch.float32, torch.float64, *HALF_DTYPES)  # the C++ kernel's
 
 
 def forget_mult(
@@ -177,7 +176,7 @@ def _auto_backend(x: torch.Tensor) -> str:
                    "install the fused kernel with pip install 'fairseq_awd[cuda13]' "
                    "(or [cuda12]: the cupy for torch.version.cuda)")
         return "reference"
-    if x.device.type == "cpu" and x.dtype in CPU_DTYPES:
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, *HALF_DTYPES):
         if cpu_extension_available():
             return "cpu"
         _warn_once("the C++ ForgetMult extension is not built: running a Python loop; "
@@ -187,7 +186,8 @@ def _auto_backend(x: torch.Tensor) -> str:
 
 def _kernels(backend: str, x: torch.Tensor):
     if backend == "cpu":
-        if x.device.type != "cpu" or x.dtype not in CPU_DTYPES:
+        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64,
+                                                     *HALF_DTYPES):
             raise ValueError(f"the cpu ForgetMult backend takes fp32/fp64/fp16/bf16 CPU "
                              f"tensors, got {x.dtype} on {x.device}")
         module = _cpu_extension()

@@ -15,7 +15,6 @@ from fairseq.optim.fp16_optimizer import _FP16OptimizerMixin
 from omegaconf import II, DictConfig
 
 from fairseq_awd.errors import FairseqAWDError
-from fairseq_awd.run_config import run_config
 
 Params = Union[Iterable[torch.Tensor], Iterable[dict]]
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -275,8 +274,8 @@ def check_task_drives_ntasgd(cfg) -> None:
     another task (e.g. fairseq's ``language_modeling``) it would be plain SGD, silently.
     A task drives it by setting ``drives_ntasgd = True``. Nothing is checked for a config
     without a run around it (an optimizer built directly)."""
-    root = run_config(cfg)
-    task = root.get("task") if root is not None else None
+    root = cfg._get_parent() if isinstance(cfg, DictConfig) else None
+    task = root.get("task") if isinstance(root, DictConfig) else None
     name = task.get("_name") if isinstance(task, DictConfig) else None
     if name is None:
         return

@@ -24,10 +24,9 @@ import functools
 import logging
 
 from fairseq.distributed import utils as distributed_utils
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 
 from fairseq_awd.errors import FairseqAWDError
-from fairseq_awd.run_config import run_config
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +34,10 @@ logger = logging.getLogger(__name__)
 def allow_bf16_on_cpu(task_cfg) -> None:
     """Undo the ``--tpu`` that ``--bf16`` implied in the run's configuration (the root of
     ``task_cfg``) when ``--cpu`` is set; nothing otherwise (a TPU run keeps its flag)."""
-    root = run_config(task_cfg)
-    common = root.get("common") if root is not None else None
+    if not isinstance(task_cfg, DictConfig):
+        return  # a task built directly from its dataclass: there is no run configuration
+    root = task_cfg._get_parent()  # omegaconf's parent link: fairseq passes cfg.task
+    common = root.get("common") if isinstance(root, DictConfig) else None
     if common is None or not (common.get("bf16") and common.get("cpu") and common.get("tpu")):
         return
     with open_dict(common):
